@@ -1,0 +1,3 @@
+"""tumsyn-bids: a BIDS App around TUMSyn, text-guided universal brain MRI synthesis."""
+
+__version__ = "0.1.0"
