@@ -81,6 +81,7 @@ __all__ = [
     "protocol_from_sidecar",
     "seconds_to_ms",
     "target_prompt",
+    "validate_modality_word",
     "validate_prompt",
 ]
 
@@ -436,6 +437,17 @@ def _check_word(what: str, text: str) -> None:
         raise PromptError(f"{what} {text!r} contains control characters (e.g. a newline)")
 
 
+def validate_modality_word(word: str) -> None:
+    """Raise :class:`PromptError` unless ``word`` can fill the ``Modality:`` slot.
+
+    Exposed so that modality tables supplied by users are checked when they are loaded, long
+    before the first prompt is written.
+    """
+    if not isinstance(word, str):
+        raise PromptError(f"modality must be a string, got {word!r}")
+    _check_word("Modality", word)
+
+
 def _check_range(what: str, value: float | None, upper: float, unit: str, hint: str = "") -> None:
     if value is None:
         return
@@ -454,9 +466,7 @@ def _validate_fields(
     voxel_size: tuple[float, float, float] | None,
 ) -> None:
     """Raise :class:`PromptError` for any value the template cannot faithfully hold."""
-    if not isinstance(modality, str):
-        raise PromptError(f"modality must be a string, got {modality!r}")
-    _check_word("Modality", modality)
+    validate_modality_word(modality)
     for key, value in (
         ("RepetitionTime", protocol.repetition_time),
         ("EchoTime", protocol.echo_time),
