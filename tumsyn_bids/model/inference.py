@@ -326,6 +326,10 @@ class Synthesizer:
         return torch.cat(parts, dim=1)
 
 
+def _starts(batch: list[PatchJob]) -> Iterator[Triple]:
+    return (job.start for job in batch)
+
+
 def _batches(jobs: list[PatchJob], size: int) -> Iterator[list[PatchJob]]:
     for i in range(0, len(jobs), size):
         yield jobs[i : i + size]

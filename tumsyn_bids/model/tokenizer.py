@@ -28,7 +28,7 @@ VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 #: TUMSyn's context length (CLIP used 77; the prompts need up to ~86 tokens).
 CONTEXT_LENGTH = 90
-#: CLIP keeps the first 48894 merges: 49152 ids minus 256 bytes, 256 end-of-word bytes and 2 specials.
+#: CLIP keeps the first 48894 merges, for a vocabulary of 2 x 256 byte symbols + merges + 2 = 49408.
 N_MERGES = 49152 - 256 - 2
 SOT_TEXT = "<|startoftext|>"
 EOT_TEXT = "<|endoftext|>"
