@@ -1,0 +1,15 @@
+"""Exit codes shared by every command (BSD sysexits, as the BIDS Apps execution spec uses)."""
+
+EX_OK = 0
+#: The input BIDS dataset does not pass validation.
+EX_INVALID_DATASET = 16
+#: Wrong command-line usage.
+EX_USAGE = 64
+#: Input data exists but is not usable (bad image, prompt too long, corrupt checkpoint).
+EX_DATAERR = 65
+#: An input file does not exist, or the selection matched nothing.
+EX_NOINPUT = 66
+#: An internal error.
+EX_SOFTWARE = 70
+#: An output file or folder cannot be created.
+EX_CANTCREAT = 73

@@ -1,0 +1,216 @@
+"""``tumsyn-synth``: synthesize one image from one NIfTI file and a prompt.
+
+In the spirit of FreeSurfer's ``mri_synthsr``: no BIDS, no workflow engine, one image in, one
+image out. Patch size and scale given as three numbers are in the image's (i, j, k) voxel order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import __version__
+from .errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_USAGE
+
+LOGGER = logging.getLogger("tumsyn_bids.synth")
+
+#: The authors' prompt files hold lines like ``"file.nii.gz": "Age: ...; ..."``.
+_PROMPT_LINE = re.compile(r'^\s*"[^"]*"\s*:\s*"(?P<prompt>.*)"\s*$')
+
+
+class UsageError(ValueError):
+    """A command-line value that parses but cannot be used."""
+
+
+def read_prompt_file(path: str | Path) -> str:
+    """The single prompt of a prompt file, in the authors' ``"name": "prompt"`` form or plain."""
+    path = Path(path)
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read prompt file {path}: {exc.strerror}") from exc
+    if len(lines) != 1:
+        raise UsageError(
+            f"prompt file {path} holds {len(lines)} non-empty lines; tumsyn-synth takes one prompt"
+        )
+    match = _PROMPT_LINE.match(lines[0])
+    return match.group("prompt") if match else lines[0].strip()
+
+
+def _triple(values: Sequence[float] | None, name: str, default: float) -> tuple[float, ...]:
+    if not values:
+        return (default,) * 3
+    if len(values) == 1:
+        return (values[0],) * 3
+    if len(values) == 3:
+        return tuple(values)
+    raise UsageError(f"{name} takes one or three values, got {len(values)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tumsyn-synth",
+        description="Synthesize a brain MR image with TUMSyn from one input image and a text "
+        "prompt describing the target contrast and protocol.",
+    )
+    p.add_argument("input", help="input NIfTI image (3-D)")
+    p.add_argument("output", help="output NIfTI path (.nii or .nii.gz)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="target prompt, in TUMSyn's template")
+    src.add_argument("--prompt-file", help="file holding one target prompt")
+    p.add_argument(
+        "--checkpoint",
+        default=os.environ.get("TUMSYN_CHECKPOINT"),
+        help="synthesis weights (checkpoint.pth); default $TUMSYN_CHECKPOINT",
+    )
+    p.add_argument(
+        "--text-encoder",
+        default=os.environ.get("TUMSYN_TEXT_ENCODER"),
+        help="text encoder weights (checkpoint_CLIP.pt); default $TUMSYN_TEXT_ENCODER",
+    )
+    res = p.add_mutually_exclusive_group()
+    res.add_argument(
+        "--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="output voxel size, mm"
+    )
+    res.add_argument(
+        "--scale", type=float, nargs="+", metavar="S", help="output samples per input voxel"
+    )
+    p.add_argument("--patch-size", type=int, nargs="+", default=[60], metavar="N")
+    p.add_argument("--overlap", type=float, default=0.5, help="patch overlap ratio in [0, 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="patches per forward pass")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument(
+        "--text-heads",
+        type=int,
+        default=None,
+        help="attention heads of the text tower when the checkpoint does not record it "
+        "(default 8, the published value)",
+    )
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="reproduce the authors' inference loop exactly (patch placement and averaging)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or info messages")
+    p.add_argument("--version", action="version", version=f"tumsyn-synth {__version__}")
+    return p
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"tumsyn-synth: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so that --help and usage errors answer without loading torch.
+    import nibabel as nib
+    import numpy as np
+
+    from ..model import (
+        CheckpointError,
+        InputImageError,
+        PatchSettings,
+        PromptTooLongError,
+        Synthesizer,
+        load_synthesis,
+        load_text_encoder,
+    )
+    from ..model.volume import load_volume, to_nifti
+
+    out = Path(args.output)
+    if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
+        return _fail(EX_USAGE, f"output {out} must end in .nii or .nii.gz")
+    if not out.parent.is_dir():
+        return _fail(EX_CANTCREAT, f"output folder {out.parent} does not exist")
+    if not args.checkpoint or not args.text_encoder:
+        return _fail(
+            EX_USAGE,
+            "give --checkpoint and --text-encoder (or set TUMSYN_CHECKPOINT and "
+            "TUMSYN_TEXT_ENCODER); the official weights are in Zenodo record 13119176",
+        )
+    try:
+        prompt = args.prompt if args.prompt is not None else read_prompt_file(args.prompt_file)
+        patch_ijk = [int(v) for v in _triple(args.patch_size, "--patch-size", 60)]
+        volume = load_volume(args.input)
+        if args.voxel_size:
+            if min(args.voxel_size) <= 0:
+                raise UsageError("--voxel-size must be positive")
+            scale_ijk = [z / v for z, v in zip(volume.zooms, args.voxel_size, strict=True)]
+        else:
+            scale_ijk = list(_triple(args.scale, "--scale", 1.0))
+        if min(scale_ijk) <= 0:
+            raise UsageError("--scale must be positive")
+        settings = PatchSettings.for_scale(
+            patch_size=patch_ijk[::-1],
+            scale=scale_ijk[::-1],
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            reference=args.reference,
+        )
+    except FileNotFoundError as exc:
+        return _fail(EX_NOINPUT, str(exc))
+    except InputImageError as exc:
+        code = EX_NOINPUT if "no such file" in str(exc) else EX_DATAERR
+        return _fail(code, str(exc))
+    except (UsageError, ValueError) as exc:
+        return _fail(EX_USAGE, str(exc))
+
+    effective_ijk = settings.scale[::-1]
+    if any(abs(a - b) > 1e-6 for a, b in zip(effective_ijk, scale_ijk, strict=True)):
+        LOGGER.info(
+            "scale %s rounded to %s (whole query samples per %s-voxel patch)",
+            tuple(round(s, 4) for s in scale_ijk),
+            tuple(round(s, 4) for s in effective_ijk),
+            tuple(patch_ijk),
+        )
+    try:
+        network = load_synthesis(args.checkpoint).model
+        text_encoder = load_text_encoder(args.text_encoder, heads=args.text_heads).model
+        synth = Synthesizer(network, text_encoder, device=args.device, precision=args.precision)
+        result = synth.synthesize(volume.data, prompt, settings, progress=not args.quiet)
+    except CheckpointError as exc:
+        code = EX_NOINPUT if "not found" in str(exc) else EX_DATAERR
+        return _fail(code, str(exc))
+    except PromptTooLongError as exc:
+        return _fail(EX_DATAERR, f"{exc}; shorten the prompt")
+    except InputImageError as exc:
+        return _fail(EX_DATAERR, f"{args.input}: {exc}")
+    except (RuntimeError, ValueError) as exc:
+        return _fail(EX_SOFTWARE, str(exc))
+
+    if not np.isfinite(result).all():
+        LOGGER.warning("output has voxels no patch covered (NaN); check --patch-size/--overlap")
+    img = to_nifti(result, volume, effective_ijk)
+    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, out)
+    except OSError as exc:
+        return _fail(EX_CANTCREAT, f"cannot write {out}: {exc.strerror}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    LOGGER.info("wrote %s", out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s: %(message)s",
+    )
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
