@@ -69,12 +69,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-        # Files written by torch's legacy (pre-zip) serialiser cannot be memory-mapped.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            # Files written by torch's legacy (pre-zip) serialiser cannot be memory-mapped.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zips, non-torch files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(obj, dict):

@@ -1,0 +1,44 @@
+"""Shared fixtures: the small reference data copied from the authors' code (tests/data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+SMALL = DATA / "tumsyn-reference-small"
+#: The full-size fixture lives outside the repository (../shared); tests using it skip without it.
+FULL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tumsyn-reference"
+
+
+def fixture_heads(folder: Path) -> int:
+    """Text-tower heads of a fixture checkpoint (the authors' format does not record them)."""
+    return json.loads((folder / "text_encoder_config.json").read_text())["params"][
+        "transformer_heads"
+    ]
+
+
+@pytest.fixture(scope="session")
+def small() -> Path:
+    return SMALL
+
+
+@pytest.fixture(scope="session")
+def small_settings() -> dict:
+    return json.loads((SMALL / "settings.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def small_prompts() -> dict:
+    return json.loads((SMALL / "prompts.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def small_synthesizer():
+    from tumsyn_bids.model import Synthesizer, load_synthesis, load_text_encoder
+
+    net = load_synthesis(SMALL / "synthesis.pth").model
+    text = load_text_encoder(SMALL / "text_encoder.pt", heads=fixture_heads(SMALL)).model
+    return Synthesizer(net, text, device="cpu")
