@@ -67,7 +67,7 @@ def test_default_mode_samples_where_the_affine_says(small_settings, volume):
     """Non-cubic patch, non-integer scale: every query sits at (m + 0.5)/s - 0.5."""
     settings = _settings(small_settings["runs"]["aniso"])
     jobs = plan_patches(volume.shape, settings)
-    out_shape = tuple(int(n * s) for n, s in zip(volume.shape, settings.scale))
+    out_shape = tuple(int(n * s) for n, s in zip(volume.shape, settings.scale, strict=False))
     covered = np.zeros(out_shape, dtype=int)
     for job in jobs:
         for axis in range(3):
