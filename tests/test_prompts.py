@@ -371,6 +371,7 @@ def test_sex_spellings(raw, sex):
         ("unknown", None),
         (None, None),
         (float("nan"), None),
+        ("inf", None),
         (True, None),
     ],
 )

@@ -296,7 +296,7 @@ def parse_age(age: Any) -> float | None:
             value = float(age)
         except (TypeError, ValueError):
             return None
-    return None if math.isnan(value) else value
+    return value if math.isfinite(value) else None
 
 
 def format_age(age: float | None) -> str:

@@ -325,6 +325,12 @@ def test_filters_and_labels_both_apply(examples):
     assert [(r.subject, r.session) for r in index] == [("01", "test")]
 
 
+def test_filter_keys_of_other_apps_are_ignored(examples):
+    filters = {"bold": {"task": "rest"}, "fmap": {"acq": "x"}, "t1w": {"acq": "MPRAGE"}}
+    index = index_anatomical(examples / "genetics_ukbb", bids_filters=filters, read_headers=False)
+    assert len(index) == 4
+
+
 def test_filter_key_may_be_a_modality_word(examples):
     # "mra" is the word for the angio suffix; no angiograms here, and no error either
     index = index_anatomical(

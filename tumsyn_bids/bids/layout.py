@@ -19,7 +19,9 @@ of anatomical image and whose values are PyBIDS entity queries, e.g.::
 * A key is a BIDS suffix of an indexed image (``t1w``, ``t2w``, ``flair``, ``pdw``, ``angio``...)
   or a modality word of the table (``mra``), case-insensitively. The query restricts every image
   with that suffix (so a ``t1w`` filter also applies to contrast-enhanced T1w). Suffixes without
-  a key are not filtered. An unknown key is an error (it is usually a typo).
+  a key are not filtered. Keys other BIDS Apps use for non-anatomical data (``bold``,
+  ``sbref``, ``fmap``, ``dwi``, ``asl``, ``pet``, ``roi``...) are ignored, so one filter file
+  can serve fMRIPrep and tumsyn-bids alike; any other unknown key is an error (usually a typo).
 * Entities may use PyBIDS names (``acquisition``, ``ceagent``, ``reconstruction``) or BIDS
   short names (``acq``, ``ce``, ``rec``); ``datatype``, ``suffix`` and ``extension`` are fixed
   by the app and may not be set.
@@ -83,6 +85,10 @@ _PYBIDS_ENTITY = {
     "voi": "volume",
 }
 _RESERVED_FILTER_KEYS = frozenset({"datatype", "suffix", "extension"})
+# Filter keys meaningful to other BIDS Apps (fMRIPrep, QSIPrep, ASLPrep, PETPrep...), ignored here.
+_OTHER_APP_FILTER_KEYS = frozenset(
+    {"bold", "sbref", "fmap", "dwi", "asl", "m0scan", "pet", "roi", "epi", "events", "physio"}
+)
 
 
 class BIDSIndexError(ValueError):
@@ -394,6 +400,8 @@ def _queries_by_suffix(
         by_name.setdefault(word.lower(), set()).add(selector.split(":")[0])
     for key, query in filters.items():
         targets = by_name.get(str(key).lower())
+        if not targets and str(key).lower() in _OTHER_APP_FILTER_KEYS:
+            continue
         if not targets:
             raise BIDSIndexError(
                 f"BIDS filter key {key!r} names no indexed image type; use one of: "
