@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -110,9 +109,9 @@ def _fail(code: int, message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that --help and usage errors answer without loading torch.
-    import nibabel as nib
     import numpy as np
 
+    from ..bids.derivatives import atomic_save_nifti
     from ..model import (
         CheckpointError,
         InputImageError,
@@ -188,17 +187,10 @@ def run(args: argparse.Namespace) -> int:
     if not np.isfinite(result).all():
         LOGGER.warning("output has voxels no patch covered (NaN); check --patch-size/--overlap")
     img = to_nifti(result, volume, effective_ijk)
-    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
-    os.close(fd)
     try:
-        nib.save(img, tmp)
-        os.replace(tmp, out)
+        atomic_save_nifti(img, out)
     except OSError as exc:
         return _fail(EX_CANTCREAT, f"cannot write {out}: {exc.strerror}")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     LOGGER.info("wrote %s", out)
     return 0
 

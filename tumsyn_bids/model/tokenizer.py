@@ -19,10 +19,13 @@ import html
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import ftfy
 import regex
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
@@ -164,6 +167,8 @@ def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -
     Raises :class:`PromptTooLongError` naming the prompt and its token count when a prompt does
     not fit: silently truncating would drop the end-of-text token the encoder pools from.
     """
+    import torch  # here, so that counting tokens (dry runs, planning) never loads torch
+
     if isinstance(texts, str):
         texts = [texts]
     tok = get_tokenizer()

@@ -1,0 +1,316 @@
+"""``tumsyn bids_dir output_dir {participant,group}``: the BIDS App.
+
+Parses and validates the command line into a run configuration, indexes the dataset, builds the
+plan table and runs it as a nipype workflow. Exit codes follow the BIDS Apps execution spec
+(see :mod:`tumsyn_bids.cli.errors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")  # no telemetry, ever; before nipype is imported
+
+from .. import __version__  # noqa: E402
+from . import errors  # noqa: E402
+
+LOGGER = logging.getLogger("tumsyn_bids")
+
+
+class CLIError(Exception):
+    """A failure the user can fix; carries the exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's default exit code 2 is not the spec's 64
+        self.print_usage(sys.stderr)
+        self.exit(errors.EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..plan import DEFAULT_SOURCES, SUPPORTED_TARGETS
+
+    p = _Parser(
+        prog="tumsyn",
+        description="TUMSyn BIDS App: synthesize brain MR images of other contrasts and "
+        "resolutions from the anatomical images of a BIDS dataset.",
+    )
+    p.add_argument("bids_dir", type=Path, help="the input BIDS dataset (never written to)")
+    p.add_argument("output_dir", type=Path, help="where the derivatives go")
+    p.add_argument("analysis_level", choices=["participant", "group"])
+    p.add_argument("--version", action="version", version=f"tumsyn-bids {__version__}")
+
+    g = p.add_argument_group("selecting data")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL")
+    g.add_argument("--session-label", nargs="+", metavar="LABEL")
+    g.add_argument("--bids-filter-file", type=Path, metavar="FILE", help="PyBIDS query JSON")
+    g.add_argument("--bids-database-dir", type=Path, metavar="DIR")
+    g.add_argument("--skip-bids-validation", action="store_true")
+
+    s = p.add_argument_group("synthesis")
+    s.add_argument(
+        "--target",
+        nargs="+",
+        default=["missing"],
+        metavar="MOD",
+        help=f"modalities to synthesize ({', '.join(SUPPORTED_TARGETS)}) or 'missing' "
+        "(every supported modality the session lacks; default)",
+    )
+    s.add_argument(
+        "--source",
+        nargs="+",
+        default=list(DEFAULT_SOURCES),
+        metavar="MOD",
+        help="modalities to synthesize from, in order of preference",
+    )
+    s.add_argument("--target-spec", type=Path, metavar="FILE", help="JSON target protocols")
+    s.add_argument("--target-like", type=Path, metavar="BIDS_FILE", help="copy this protocol")
+    s.add_argument(
+        "--output-resolution",
+        nargs="+",
+        default=["native"],
+        metavar="MM",
+        help="'native' (the source grid) or X Y Z voxel size in mm",
+    )
+    s.add_argument("--checkpoint", default=os.environ.get("TUMSYN_CHECKPOINT"))
+    s.add_argument("--text-encoder", default=os.environ.get("TUMSYN_TEXT_ENCODER"))
+    s.add_argument("--text-heads", type=int, default=None)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    s.add_argument("--patch-size", type=int, nargs="+", default=[60], metavar="N")
+    s.add_argument("--overlap", type=float, default=0.5)
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--reference", action="store_true", help="the authors' loop, exactly")
+    s.add_argument("--dry-run", action="store_true", help="print the plan; load no model")
+
+    r = p.add_argument_group("running")
+    r.add_argument("-w", "--work-dir", type=Path, default=Path("work"))
+    r.add_argument("--nprocs", "--n-cpus", type=int, default=os.cpu_count() or 1)
+    r.add_argument("--omp-nthreads", type=int, default=None)
+    r.add_argument("--mem-gb", "--mem", type=float, default=None)
+    r.add_argument("--use-plugin", type=Path, metavar="YAML", help="nipype plugin settings")
+    r.add_argument("--stop-on-first-crash", action="store_true")
+    r.add_argument("--write-graph", action="store_true")
+    r.add_argument("--overwrite", action="store_true", help="redo finished outputs")
+    r.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    try:
+        path.resolve().relative_to(parent.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    bids = args.bids_dir
+    if not bids.is_dir():
+        raise CLIError(errors.EX_NOINPUT, f"BIDS dataset folder not found: {bids}")
+    if not (bids / "dataset_description.json").is_file():
+        raise CLIError(
+            errors.EX_INVALID_DATASET,
+            f"{bids} has no dataset_description.json: not a BIDS dataset",
+        )
+    out = args.output_dir
+    if (
+        _inside(out, bids)
+        and not _inside(out, bids / "derivatives")
+        or (out.resolve() == (bids / "derivatives").resolve())
+    ):
+        raise CLIError(
+            errors.EX_USAGE,
+            f"output_dir {out} is inside the input dataset; use a folder outside it or "
+            f"{bids / 'derivatives' / 'tumsyn'}",
+        )
+    if _inside(args.work_dir, bids):
+        raise CLIError(errors.EX_USAGE, f"work dir {args.work_dir} is inside the input dataset")
+    for folder in (out, args.work_dir):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".tumsyn-write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            msg = f"cannot write to {folder}: {exc.strerror}"
+            raise CLIError(errors.EX_CANTCREAT, msg) from None
+
+
+def _patch_triple(values: list[int]) -> tuple[int, int, int]:
+    if len(values) == 1:
+        return (values[0],) * 3
+    if len(values) == 3:
+        return tuple(values)
+    raise CLIError(errors.EX_USAGE, "--patch-size takes one or three numbers")
+
+
+def _resolution(values: list[str]) -> tuple[float, float, float] | None:
+    if values == ["native"]:
+        return None
+    try:
+        numbers = tuple(float(v) for v in values)
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3 or min(numbers) <= 0:
+        raise CLIError(errors.EX_USAGE, "--output-resolution takes 'native' or three sizes in mm")
+    return numbers
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CLIError(errors.EX_NOINPUT, f"{what} not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CLIError(errors.EX_USAGE, f"{what} {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CLIError(errors.EX_USAGE, f"{what} {path} must hold a JSON object")
+    return data
+
+
+def _target_like(path: Path) -> dict:
+    from ..bids.layout import parse_filename
+
+    sidecar = path
+    for ext in (".nii.gz", ".nii"):
+        if path.name.endswith(ext):
+            sidecar = path.with_name(path.name[: -len(ext)] + ".json")
+    if not sidecar.is_file():
+        raise CLIError(errors.EX_NOINPUT, f"--target-like: no sidecar {sidecar}")
+    _, suffix, _ = parse_filename(path.name)
+    return {"suffix": suffix, "metadata": _read_json(sidecar, "--target-like sidecar")}
+
+
+def build_request(args: argparse.Namespace):
+    from ..plan import SynthesisRequest
+
+    specs = _read_json(args.target_spec, "--target-spec") if args.target_spec else None
+    return SynthesisRequest(
+        targets=tuple(args.target),
+        sources=tuple(args.source),
+        target_specs=specs,
+        target_like=_target_like(args.target_like) if args.target_like else None,
+        output_resolution=_resolution(args.output_resolution),
+    )
+
+
+def validate_input(bids_dir: Path) -> None:
+    from ..bids.validation import ValidatorNotFound, validate_bids
+
+    try:
+        result = validate_bids(bids_dir)
+    except ValidatorNotFound as exc:
+        raise CLIError(
+            errors.EX_INVALID_DATASET,
+            f"cannot validate {bids_dir}: {exc}; install bids-validator-deno or pass "
+            "--skip-bids-validation",
+        ) from None
+    if not result.ok:
+        listing = "\n  ".join(result.errors[:20])
+        raise CLIError(
+            errors.EX_INVALID_DATASET,
+            f"{bids_dir} is not a valid BIDS dataset:\n  {listing}\n(fix the dataset, or pass "
+            "--skip-bids-validation to run anyway)",
+        )
+
+
+def _print_plan(plan) -> None:
+    cols = ["subject", "session", "source", "target_suffix", "status", "output"]
+    print(plan[cols].to_string(index=False))
+    for row in plan.itertuples(index=False):
+        if row.status == "error":
+            print(f"ERROR {row.message}")
+        elif row.target_prompt:
+            print(f"{row.output}\n  source: {row.source_prompt}\n  target: {row.target_prompt}")
+
+
+def write_prompts_tsv(plan, output_dir: Path) -> Path:
+    from ..bids.derivatives import atomic_write_text
+
+    path = output_dir / "logs" / "prompts.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = plan.copy()
+    frame["target_protocol"] = [json.dumps(p, sort_keys=True) for p in frame["target_protocol"]]
+    atomic_write_text(path, frame.to_csv(sep="\t", index=False, na_rep="n/a"))
+    return path
+
+
+def run_participant(args: argparse.Namespace) -> int:
+    from ..bids.layout import BIDSIndexError, index_anatomical, read_bids_filter_file
+    from ..plan import PlanError, build_plan
+
+    request = build_request(args)
+    if not args.skip_bids_validation:
+        validate_input(args.bids_dir)
+    filters = None
+    if args.bids_filter_file:
+        try:
+            filters = read_bids_filter_file(args.bids_filter_file)
+        except (OSError, BIDSIndexError) as exc:
+            raise CLIError(errors.EX_USAGE, f"--bids-filter-file: {exc}") from None
+    try:
+        index = index_anatomical(
+            args.bids_dir,
+            participant_labels=args.participant_label,
+            session_labels=args.session_label,
+            bids_filters=filters,
+            database_dir=args.bids_database_dir,
+        )
+        plan = build_plan(index, request, args.output_dir, overwrite=args.overwrite)
+    except BIDSIndexError as exc:
+        raise CLIError(errors.EX_NOINPUT, str(exc)) from None
+    except PlanError as exc:
+        raise CLIError(errors.EX_USAGE, str(exc)) from None
+    if plan.empty:
+        raise CLIError(
+            errors.EX_NOINPUT,
+            f"no anatomical image of a source modality ({', '.join(request.sources)}) was "
+            f"selected in {args.bids_dir}",
+        )
+    write_prompts_tsv(plan, args.output_dir)
+    if args.dry_run:
+        _print_plan(plan)
+        return errors.EX_OK
+    from ..pipeline import execute_plan
+
+    return execute_plan(plan, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start = time.time()
+    try:
+        args.patch_size = _patch_triple(args.patch_size)
+        if not 0 <= args.overlap < 1:
+            raise CLIError(errors.EX_USAGE, "--overlap must be in [0, 1)")
+        check_paths(args)
+        if args.analysis_level == "group":
+            LOGGER.info("group level: nothing to aggregate yet (per-participant outputs only)")
+            return errors.EX_OK
+        code = run_participant(args)
+    except CLIError as exc:
+        print(f"tumsyn: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("tumsyn: interrupted", file=sys.stderr)
+        return 130
+    LOGGER.info("finished in %.1f s", time.time() - start)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The plan table: one row per synthesis job, the spine of a tumsyn-bids run.
+
+``--dry-run`` prints it, the workflow executes it, ``logs/prompts.tsv`` records it and the
+reports read it. It is built from the BIDS index (:mod:`tumsyn_bids.bids.layout`) and the user's
+synthesis choices, with the prompt builder of :mod:`tumsyn_bids.prompts`; nothing here loads a
+model or imports torch.
+
+Rules:
+
+* **Sources.** In each subject/session, the first modality of ``sources`` (the preference
+  order) that has usable images is the source; every image of that modality is a source.
+* **Targets.** ``targets`` are BIDS suffixes; ``missing`` expands to every supported suffix the
+  session lacks. A target equal to the source's suffix is skipped, except with ``target_like``
+  (domain transfer to another protocol of the same contrast).
+* **Target protocol.** Per target suffix: ``target_specs`` (``--target-spec``) over the protocol
+  of ``target_like`` (``--target-like``) over the built-in defaults
+  (``tumsyn_bids/data/default_protocols.json``). Field strength and manufacturer missing from the
+  target come from the source image.
+* **Output grid.** ``output_resolution=None`` keeps the source grid; three numbers (mm, along
+  the image's i, j, k axes) give a scaled grid over the same field of view.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .bids.derivatives import derivative_relpath, is_finished
+from .bids.layout import ScanIndex, ScanRecord
+from .bids.modalities import modality_table, resolve_modality
+from .model.tokenizer import CONTEXT_LENGTH, count_tokens
+from .prompts import PromptError, Protocol, protocol_from_sidecar, target_prompt
+
+#: Suffixes TUMSyn can synthesize (those with a default protocol), in default source order.
+SUPPORTED_TARGETS: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw", "T2starw")
+DEFAULT_SOURCES: tuple[str, ...] = SUPPORTED_TARGETS
+
+PLAN_COLUMNS: tuple[str, ...] = (
+    "subject",
+    "session",
+    "source",
+    "source_suffix",
+    "source_modality",
+    "source_prompt",
+    "target_suffix",
+    "target_modality",
+    "target_protocol",
+    "target_prompt",
+    "output_voxel_size",
+    "scale_ijk",
+    "output",
+    "status",
+    "message",
+)
+"""Plan columns: ``source`` and ``output`` are paths relative to the input and output roots;
+``target_protocol`` is a dict in BIDS names and units; ``scale_ijk`` output samples per input
+voxel along i, j, k; ``status`` is ``planned``, ``done`` (finished output found),
+``skipped`` (nothing to do) or ``error`` (this job cannot run; ``message`` says why)."""
+
+
+class PlanError(ValueError):
+    """The synthesis request itself is unusable (unknown target, bad target spec)."""
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """What the user asked to synthesize (already parsed and validated by the CLI)."""
+
+    targets: tuple[str, ...] = ("missing",)
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    target_specs: Mapping[str, Mapping[str, Any]] | None = None
+    target_like: Mapping[str, Any] | None = None  # {"suffix": ..., "metadata": {...}}
+    output_resolution: tuple[float, float, float] | None = None
+    context_length: int = CONTEXT_LENGTH
+
+
+def default_protocols() -> dict[str, dict[str, Any]]:
+    text = resources.files("tumsyn_bids.data").joinpath("default_protocols.json").read_text()
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def _target_metadata(suffix: str, request: SynthesisRequest) -> dict[str, Any]:
+    if request.target_specs and suffix in request.target_specs:
+        return dict(request.target_specs[suffix])
+    if request.target_like and request.target_like["suffix"] == suffix:
+        return dict(request.target_like["metadata"])
+    defaults = default_protocols()
+    if suffix not in defaults:
+        raise PlanError(
+            f"no protocol for target {suffix}: give one with --target-spec or --target-like"
+        )
+    return defaults[suffix]
+
+
+def check_request(request: SynthesisRequest) -> None:
+    """Refuse unknown target/source names before any indexing work."""
+    known = set(SUPPORTED_TARGETS) | set(request.target_specs or {})
+    if request.target_like:
+        known.add(request.target_like["suffix"])
+    for name in request.targets:
+        if name != "missing" and name not in known:
+            raise PlanError(
+                f"unknown target {name!r}; choose from {', '.join(sorted(known))} or 'missing'"
+            )
+    for suffix, spec in (request.target_specs or {}).items():
+        try:
+            protocol_from_sidecar(spec)
+        except PromptError as exc:
+            raise PlanError(f"--target-spec entry {suffix}: {exc}") from exc
+
+
+def _targets_for(present: set[str], source_suffix: str, request: SynthesisRequest) -> list[str]:
+    wanted: list[str] = []
+    for name in request.targets:
+        names = [s for s in SUPPORTED_TARGETS if s not in present] if name == "missing" else [name]
+        wanted += [n for n in names if n not in wanted]
+    transfer = request.target_like["suffix"] if request.target_like else None
+    return [t for t in wanted if t != source_suffix or t == transfer]
+
+
+def _row(record: ScanRecord, **values: Any) -> dict[str, Any]:
+    row = dict.fromkeys(PLAN_COLUMNS)
+    row.update(
+        subject=record.subject,
+        session=record.session,
+        source=record.relpath,
+        source_suffix=record.suffix,
+        source_modality=record.modality,
+        source_prompt=record.prompt,
+    )
+    row.update(values)
+    return row
+
+
+def _scale(record: ScanRecord, resolution: Sequence[float] | None) -> tuple[float, ...]:
+    if resolution is None or record.voxel_size is None:
+        return (1.0, 1.0, 1.0)
+    return tuple(z / r for z, r in zip(record.voxel_size, resolution, strict=True))
+
+
+def build_plan(
+    index: ScanIndex,
+    request: SynthesisRequest,
+    output_dir: str | Path | None = None,
+    overwrite: bool = False,
+    modalities: Mapping[str, str | None] | None = None,
+) -> pd.DataFrame:
+    """The plan table for every subject/session of ``index`` (see the module docstring)."""
+    check_request(request)
+    table = modality_table(modalities)
+    rows: list[dict[str, Any]] = []
+    sessions: dict[tuple[str, str | None], list[ScanRecord]] = {}
+    for record in index:
+        sessions.setdefault((record.subject, record.session), []).append(record)
+
+    for records in sessions.values():
+        present = {r.suffix for r in records if r.ok}
+        for bad in (r for r in records if not r.ok):
+            rows.append(_row(bad, status="error", message=bad.error))
+        sources: list[ScanRecord] = []
+        for suffix in request.sources:
+            sources = [
+                r for r in records if r.ok and r.suffix == suffix and not r.entities.get("ce")
+            ]
+            if sources:
+                break
+        if not sources:
+            continue
+        for record in sources:
+            for target in _targets_for(present, record.suffix, request):
+                rows.append(_plan_job(record, target, request, table, output_dir, overwrite))
+    frame = pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
+    return frame.sort_values(
+        ["subject", "session", "source", "target_suffix"], na_position="first", kind="stable"
+    ).reset_index(drop=True)
+
+
+def _plan_job(
+    record: ScanRecord,
+    target: str,
+    request: SynthesisRequest,
+    table: Mapping[str, str],
+    output_dir: str | Path | None,
+    overwrite: bool,
+) -> dict[str, Any]:
+    modality = resolve_modality(target, {}, table) or target
+    output = derivative_relpath(record.relpath, target, record.suffix)
+    metadata = _target_metadata(target, request)
+    voxel = tuple(request.output_resolution or record.voxel_size or (None, None, None))
+    base = {
+        "target_suffix": target,
+        "target_modality": modality,
+        "target_protocol": metadata,
+        "output_voxel_size": voxel,
+        "scale_ijk": _scale(record, request.output_resolution),
+        "output": output,
+    }
+    try:
+        protocol: Protocol = protocol_from_sidecar(metadata)
+        prompt = target_prompt(
+            modality, protocol, record.demographics, voxel, source_protocol=record.protocol
+        )
+    except PromptError as exc:
+        return _row(record, **base, status="error", message=f"{output}: {exc}")
+    base["target_prompt"] = prompt
+    for which, text in (("source", record.prompt), ("target", prompt)):
+        n = count_tokens(text)
+        if n > request.context_length:
+            return _row(
+                record,
+                **base,
+                status="error",
+                message=f"{record.relpath}: the {which} prompt needs {n} tokens, more than the "
+                f"text encoder's {request.context_length}: {text!r}",
+            )
+    if output_dir is not None and not overwrite and is_finished(output_dir, output):
+        return _row(record, **base, status="done", message="output exists (use --overwrite)")
+    return _row(record, **base, status="planned", message="")

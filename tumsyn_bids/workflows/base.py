@@ -1,0 +1,154 @@
+"""Nipype workflows that execute a plan table.
+
+``init_tumsyn_wf`` builds one sub-workflow per participant/session; inside it each planned job is
+a chain ``check -> synthesize -> postprocess -> sink``. The synthesis node is a GPU node
+(``use_gpu``), so MultiProc runs at most ``n_gpu_procs`` of them at once while the CPU nodes of
+other participants proceed. Other pipelines can embed :func:`init_synthesis_wf` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces import CheckImage, DerivativesSink, Postprocess, Synthesize
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The weights and inference settings every synthesis node uses."""
+
+    checkpoint: str
+    text_encoder: str
+    text_heads: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    patch_size: tuple[int, int, int] = (60, 60, 60)
+    overlap: float = 0.5
+    batch_size: int = 1
+    reference: bool = False
+    mem_gb: float = 4.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def use_gpu(self) -> bool:
+        if self.device == "cuda":
+            return True
+        if self.device == "cpu":
+            return False
+        import torch
+
+        return torch.cuda.is_available()
+
+
+def _safe(label: str | None) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", label or "")
+
+
+def init_synthesis_wf(
+    model: ModelSpec,
+    name: str = "synthesis_wf",
+    output_dir: str | None = None,
+    relpath: str | None = None,
+    sidecar: Mapping[str, Any] | None = None,
+) -> pe.Workflow:
+    """Synthesize one image: ``inputnode.source_file`` + ``inputnode.prompt`` -> ``out_file``.
+
+    ``inputnode.scale_ijk`` sets the output grid (1, 1, 1 = the source grid). With
+    ``output_dir``/``relpath``/``sidecar`` a sink stores the result as a BIDS derivative.
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["source_file", "prompt", "scale_ijk"]), name="inputnode"
+    )
+    inputnode.inputs.scale_ijk = (1.0, 1.0, 1.0)
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_file"]), name="outputnode")
+    check = pe.Node(CheckImage(), name="check_image")
+    synth = pe.Node(
+        Synthesize(
+            checkpoint=model.checkpoint,
+            text_encoder=model.text_encoder,
+            patch_size=tuple(model.patch_size),
+            overlap=model.overlap,
+            batch_size=model.batch_size,
+            device=model.device,
+            precision=model.precision,
+            reference=model.reference,
+            use_gpu=model.use_gpu,
+        ),
+        name="synthesize",
+        mem_gb=model.mem_gb,
+    )
+    if model.text_heads:
+        synth.inputs.text_heads = model.text_heads
+    post = pe.Node(Postprocess(), name="postprocess")
+    wf.connect([
+        (inputnode, check, [("source_file", "in_file")]),
+        (inputnode, synth, [("prompt", "prompt"), ("scale_ijk", "scale_ijk")]),
+        (check, synth, [("out_file", "in_file")]),
+        (synth, post, [("out_file", "in_file")]),
+        (inputnode, post, [("source_file", "reference")]),
+        (post, outputnode, [("out_file", "out_file")]),
+    ])  # fmt: skip
+    if output_dir is not None:
+        sink = pe.Node(
+            DerivativesSink(
+                output_dir=str(output_dir),
+                relpath=relpath,
+                sidecar=json.dumps(dict(sidecar or {}), sort_keys=True),
+            ),
+            name="ds_synthesized",
+            run_without_submitting=True,
+        )
+        wf.connect(post, "out_file", sink, "in_file")
+    return wf
+
+
+def init_tumsyn_wf(
+    plan: pd.DataFrame,
+    bids_dir: str | Path,
+    output_dir: str | Path,
+    work_dir: str | Path,
+    model: ModelSpec,
+    sidecars: Mapping[str, Mapping[str, Any]],
+    crash_dir_for: Mapping[str, str] | None = None,
+) -> pe.Workflow:
+    """The whole run: one sub-workflow per participant/session with a job per planned row.
+
+    ``sidecars`` maps each output path (plan column ``output``) to its JSON sidecar;
+    ``crash_dir_for`` maps a subject label to the folder its crash files go to.
+    """
+    wf = pe.Workflow(name="tumsyn_wf", base_dir=str(work_dir))
+    planned = plan[plan["status"] == "planned"]
+    for (subject, session), rows in planned.groupby(
+        [planned["subject"], planned["session"].fillna("")], sort=True
+    ):
+        sub_name = f"sub_{_safe(subject)}" + (f"_ses_{_safe(session)}" if session else "") + "_wf"
+        sub_wf = pe.Workflow(name=sub_name)
+        for i, row in enumerate(rows.itertuples(index=False)):
+            job = init_synthesis_wf(
+                model,
+                name=f"{_safe(row.source_suffix)}_to_{_safe(row.target_suffix)}_{i}_wf",
+                output_dir=str(output_dir),
+                relpath=row.output,
+                sidecar=sidecars[row.output],
+            )
+            job.inputs.inputnode.source_file = str(Path(bids_dir) / row.source)
+            job.inputs.inputnode.prompt = row.target_prompt
+            job.inputs.inputnode.scale_ijk = tuple(float(s) for s in row.scale_ijk)
+            sub_wf.add_nodes([job])
+        if crash_dir_for and subject in crash_dir_for:
+            sub_wf.config["execution"] = {
+                "crashdump_dir": crash_dir_for[subject],
+                "crashfile_format": "txt",
+            }
+        wf.add_nodes([sub_wf])
+    return wf
