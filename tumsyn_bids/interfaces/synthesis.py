@@ -52,9 +52,11 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     text_encoder = File(exists=True, mandatory=True, desc="text encoder (checkpoint_CLIP.pt)")
     text_heads = traits.Int(desc="text tower heads when the checkpoint does not record them")
     scale_ijk = traits.Tuple(
-        traits.Float, traits.Float, traits.Float, (1.0, 1.0, 1.0), usedefault=True
+        traits.Float, traits.Float, traits.Float, mandatory=True, desc="output samples per voxel"
     )
-    patch_size = traits.Tuple(traits.Int, traits.Int, traits.Int, (60, 60, 60), usedefault=True)
+    patch_size = traits.Tuple(
+        traits.Int, traits.Int, traits.Int, mandatory=True, desc="patch edges along i, j, k"
+    )
     overlap = traits.Range(low=0.0, high=0.95, value=0.5, usedefault=True)
     batch_size = traits.Int(1, usedefault=True)
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
