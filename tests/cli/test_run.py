@@ -1,0 +1,256 @@
+"""The BIDS App end to end: real pybids, nipype (MultiProc), torch and NIfTI files.
+
+The dataset is built from the reference fixture's input image; the model is the small reference
+checkpoint pair, so outputs are the authors' model's outputs.
+"""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.conftest import SMALL
+from tumsyn_bids.cli.run import main
+
+T1_SIDECAR = {
+    "RepetitionTime": 2.5,
+    "EchoTime": 0.00298,
+    "InversionTime": 1.0,
+    "FlipAngle": 8,
+    "MagneticFieldStrength": 3,
+    "Manufacturer": "SIEMENS",
+}
+
+
+def make_dataset(root: Path) -> Path:
+    """sub-01 (no session, full sidecar, in participants.tsv), sub-02/ses-1 (no sidecar, no row)."""
+    (root / "sub-01" / "anat").mkdir(parents=True)
+    (root / "sub-02" / "ses-1" / "anat").mkdir(parents=True)
+    src = SMALL / "input_T1w.nii.gz"
+    shutil.copy(src, root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    shutil.copy(src, root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz")
+    (root / "sub-01" / "anat" / "sub-01_T1w.json").write_text(json.dumps(T1_SIDECAR))
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "test", "BIDSVersion": "1.10.0"})
+    )
+    (root / "participants.tsv").write_text("participant_id\tage\tsex\nsub-01\t34\tF\n")
+    return root
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def model_args() -> list[str]:
+    return [
+        "--checkpoint", str(SMALL / "synthesis.pth"),
+        "--text-encoder", str(SMALL / "text_encoder.pt"),
+        "--text-heads", "2", "--patch-size", "20",
+    ]  # fmt: skip
+
+
+def run_app(bids, out, work, *extra):
+    cmd = [sys.executable, "-m", "tumsyn_bids.cli.run", str(bids), str(out), "participant",
+           "-w", str(work), "--skip-bids-validation", *model_args(), *map(str, extra)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+OUTPUTS = [
+    "sub-01/anat/sub-01_desc-tumsynFromT1w_FLAIR.nii.gz",
+    "sub-01/anat/sub-01_desc-tumsynFromT1w_T2w.nii.gz",
+    "sub-02/ses-1/anat/sub-02_ses-1_desc-tumsynFromT1w_FLAIR.nii.gz",
+    "sub-02/ses-1/anat/sub-02_ses-1_desc-tumsynFromT1w_T2w.nii.gz",
+]
+
+
+@pytest.fixture(scope="module")
+def app_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("app")
+    bids = make_dataset(base / "bids")
+    before = tree_digest(bids)
+    res = run_app(bids, base / "out", base / "work", "--target", "T2w", "FLAIR", "--nprocs", 2)
+    return base, bids, before, res
+
+
+def test_participant_run_writes_derivatives(app_run):
+    base, bids, before, res = app_run
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = base / "out"
+    for rel in OUTPUTS:
+        img = nib.load(out / rel)
+        src = nib.load(bids / (rel.split("_desc-")[0] + "_T1w.nii.gz"))
+        np.testing.assert_allclose(img.affine, src.affine, atol=1e-6)
+        assert img.shape == src.shape
+        side = json.loads((out / rel.replace(".nii.gz", ".json")).read_text())
+        for key in ("Sources", "Description", "SkullStripped", "SpatialReference", "SourcePrompt",
+                    "TargetPrompt", "TargetProtocol", "Model", "Inference",
+                    "SynthesisSoftwareVersions"):  # fmt: skip
+            assert key in side, key
+        assert len(side["Model"]["Checkpoints"]["Synthesis"]["SHA256"]) == 64
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    assert desc["GeneratedBy"][0]["Name"] == "tumsyn-bids"
+    for log in ("prompts.tsv", "config.json", "CITATION.md"):
+        assert (out / "logs" / log).is_file()
+    # the input dataset is never written to
+    assert tree_digest(bids) == before
+
+
+def test_same_resolution_output_equals_reference(app_run):
+    """The workflow's output equals a direct call of the engine on the same image and prompt
+    (whose agreement with the authors' loop tests/model checks)."""
+    base, _, _, res = app_run
+    assert res.returncode == 0
+    side = json.loads((base / "out" / OUTPUTS[1].replace(".nii.gz", ".json")).read_text())
+    from tests.conftest import fixture_heads
+    from tumsyn_bids.model import PatchSettings, Synthesizer, load_synthesis, load_text_encoder
+    from tumsyn_bids.model.volume import load_volume
+
+    synth = Synthesizer(
+        load_synthesis(SMALL / "synthesis.pth").model,
+        load_text_encoder(SMALL / "text_encoder.pt", heads=fixture_heads(SMALL)).model,
+        device="cpu",
+    )
+    vol = load_volume(SMALL / "input_T1w.nii.gz")
+    expected = synth.synthesize(vol.data, side["TargetPrompt"], PatchSettings((20,) * 3, (20,) * 3))
+    got = np.asarray(nib.load(base / "out" / OUTPUTS[1]).dataobj).T
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_rerun_is_byte_identical_and_skips_finished(app_run):
+    base, bids, _, res = app_run
+    assert res.returncode == 0
+    again = run_app(bids, base / "out2", base / "work2", "--target", "T2w", "FLAIR", "--nprocs", 1)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for rel in OUTPUTS:
+        assert (base / "out" / rel).read_bytes() == (base / "out2" / rel).read_bytes(), rel
+        side = rel.replace(".nii.gz", ".json")
+        assert (base / "out" / side).read_bytes() == (base / "out2" / side).read_bytes(), side
+    # a rerun into a finished output folder does nothing
+    skip = run_app(bids, base / "out2", base / "work2", "--target", "T2w", "FLAIR", "--dry-run")
+    assert skip.returncode == 0
+    assert skip.stdout.count(" done ") == 4, skip.stdout
+
+
+def test_dry_run_prompts_are_the_hand_written_ones(tmp_path, capsys):
+    bids = make_dataset(tmp_path / "bids")
+    code = main([str(bids), str(tmp_path / "out"), "participant", "--skip-bids-validation",
+                 "--dry-run", "--target", "T2w", "-w", str(tmp_path / "w")])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    tail = "Imaging parameter TR(ms), TE(ms), TI(ms), and FA(degree):  "
+    expected = [
+        "Age: 34; Gender: F; Scanner: 3.0 Siemens; Modality: T1w; Voxel size: (1.0, 1.2, 1.5); "
+        + tail
+        + "(2500.0, 2.98, 1000.0, 8.0)",
+        "Age: 34; Gender: F; Scanner: 3.0 Siemens; Modality: T2w; Voxel size: (1.0, 1.2, 1.5); "
+        + tail
+        + "(3200.0, 563.0, None, T2var)",
+        "Age: None; Gender: None; Scanner: None None; Modality: T1w; Voxel size: (1.0, 1.2, 1.5); "
+        + tail
+        + "(None, None, None, None)",
+        "Age: None; Gender: None; Scanner: None None; Modality: T2w; Voxel size: (1.0, 1.2, 1.5); "
+        + tail
+        + "(3200.0, 563.0, None, T2var)",
+    ]
+    for prompt in expected:
+        assert prompt in text, prompt
+    tsv = (tmp_path / "out" / "logs" / "prompts.tsv").read_text()
+    assert all(p in tsv for p in expected)
+
+
+@pytest.mark.parametrize(
+    "case,code",
+    [
+        ("usage", 64),
+        ("missing-bids", 66),
+        ("not-bids", 16),
+        ("unknown-participant", 66),
+        ("output-inside-input", 64),
+        ("output-not-creatable", 73),
+        ("unknown-target", 64),
+        ("nothing-selected", 66),
+    ],
+)
+def test_exit_codes(tmp_path, case, code, capsys):
+    bids = make_dataset(tmp_path / "bids")
+    out = tmp_path / "out"
+    extra = ["--skip-bids-validation", "--dry-run", "-w", str(tmp_path / "w")]
+    args = [str(bids), str(out), "participant"]
+    if case == "usage":
+        args = [str(bids), str(out), "everyone"]
+    elif case == "missing-bids":
+        args[0] = str(tmp_path / "nope")
+    elif case == "not-bids":
+        (bids / "dataset_description.json").unlink()
+    elif case == "unknown-participant":
+        extra += ["--participant-label", "sub-99"]
+    elif case == "output-inside-input":
+        args[1] = str(bids / "out")
+    elif case == "output-not-creatable":
+        (tmp_path / "file").write_text("x")
+        args[1] = str(tmp_path / "file" / "out")
+    elif case == "unknown-target":
+        extra += ["--target", "CT"]
+    elif case == "nothing-selected":
+        extra += ["--source", "FLAIR"]
+    with pytest.raises(SystemExit) if case == "usage" else _nothing() as raised:
+        result = main(args + extra)
+    if case == "usage":
+        result = raised.value.code
+    assert result == code
+    assert "Traceback" not in capsys.readouterr().err
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_bad_image_fails_alone(tmp_path):
+    """A broken image gives a clear error and exit code 65; the other participant finishes."""
+    bids = make_dataset(tmp_path / "bids")
+    (bids / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz").write_bytes(b"")
+    res = run_app(bids, tmp_path / "out", tmp_path / "w", "--target", "T2w", "--nprocs", 1)
+    assert res.returncode == 65, res.stderr[-2000:]
+    assert "sub-02_ses-1_T1w.nii.gz: empty file" in res.stderr
+    assert (tmp_path / "out" / OUTPUTS[1]).is_file()
+
+
+def test_example_dataset_validated_in_and_out(tmp_path):
+    """The bundled example dataset through the real validator, the app, and the validator again."""
+    from tumsyn_bids.bids.validation import validate_bids
+    from tumsyn_bids.data.example import write_example_dataset
+
+    bids = write_example_dataset(tmp_path / "example")
+    cmd = [sys.executable, "-m", "tumsyn_bids.cli.run", str(bids), str(tmp_path / "out"),
+           "participant", "-w", str(tmp_path / "w"), "--target", "FLAIR", "--participant-label",
+           "01", "--nprocs", "1", *model_args()]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "out" / "sub-01/anat/sub-01_desc-tumsynFromT1w_FLAIR.nii.gz").is_file()
+    result = validate_bids(tmp_path / "out")
+    assert result.ok, result.errors
+
+
+def test_invalid_dataset_exit_code_16(tmp_path, capsys):
+    bids = make_dataset(tmp_path / "bids")
+    shutil.copy(SMALL / "input_T1w.nii.gz", bids / "sub-01" / "anat" / "sub-01_T1.nii.gz")
+    code = main([str(bids), str(tmp_path / "out"), "participant", "--dry-run",
+                 "-w", str(tmp_path / "w")])  # fmt: skip
+    assert code == 16
+    err = capsys.readouterr().err
+    assert "sub-01_T1.nii.gz" in err and "--skip-bids-validation" in err
