@@ -131,6 +131,10 @@ def _round_significant(value: float, digits: int) -> float:
     return float(f"{value:.{digits}g}")
 
 
+#: Spellings of "unknown" found in sidecars and TSVs.
+_MISSING_WORDS = frozenset({"", "n/a", "na", "none", "nan"})
+
+
 def _as_number(value: Any, what: str) -> float | None:
     """Coerce a sidecar value to float; ``None``/``"n/a"``/blank mean missing.
 
@@ -146,7 +150,7 @@ def _as_number(value: Any, what: str) -> float | None:
         raise PromptError(f"{what} must be a number, got the boolean {value!r}")
     if isinstance(value, str):
         text = value.strip()
-        if text.lower() in ("", "n/a", "na", "none", "nan"):
+        if text.lower() in _MISSING_WORDS:
             return None
         try:
             return float(text)
@@ -377,7 +381,7 @@ def _coerce_flip_angle(value: Any) -> float | str | None:
         value = value[0] if value else None
     if isinstance(value, str):
         text = value.strip()
-        if text.lower() in ("", "n/a", "na", "none", "nan"):
+        if text.lower() in _MISSING_WORDS:
             return None
         try:
             return float(text)
