@@ -254,3 +254,19 @@ def test_invalid_dataset_exit_code_16(tmp_path, capsys):
     assert code == 16
     err = capsys.readouterr().err
     assert "sub-01_T1.nii.gz" in err and "--skip-bids-validation" in err
+
+
+def test_crashing_job_leaves_crash_file_and_others_finish(tmp_path):
+    """An image that indexes fine but fails in the workflow: crash file under sub-XX/log."""
+    bids = make_dataset(tmp_path / "bids")
+    bad = bids / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz"
+    img = nib.load(bad)
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), bad)
+    res = run_app(bids, tmp_path / "out", tmp_path / "w", "--target", "T2w", "--nprocs", 2)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "failed for sub-02" in res.stderr
+    crashes = list((tmp_path / "out" / "sub-02" / "log").glob("crash-*.txt"))
+    assert crashes and "every voxel is zero" in crashes[0].read_text()
+    assert (tmp_path / "out" / OUTPUTS[1]).is_file()
+    tsv = (tmp_path / "out" / "logs" / "prompts.tsv").read_text()
+    assert "failed" in tsv and "done" in tsv

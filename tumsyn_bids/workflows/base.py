@@ -146,9 +146,14 @@ def init_tumsyn_wf(
             job.inputs.inputnode.scale_ijk = tuple(float(s) for s in row.scale_ijk)
             sub_wf.add_nodes([job])
         if crash_dir_for and subject in crash_dir_for:
-            sub_wf.config["execution"] = {
-                "crashdump_dir": crash_dir_for[subject],
-                "crashfile_format": "txt",
-            }
+            # Per node: nipype reads crashdump_dir from each node's own config, and the config
+            # of a nested workflow is not passed down to its nodes.
+            for node in sub_wf._get_all_nodes():
+                node.config = {
+                    "execution": {
+                        "crashdump_dir": crash_dir_for[subject],
+                        "crashfile_format": "txt",
+                    }
+                }
         wf.add_nodes([sub_wf])
     return wf
