@@ -311,12 +311,9 @@ class Synthesizer:
         bar = tqdm(total=len(jobs), desc="synthesis", unit="patch", disable=not progress)
         with self._autocast(settings.reference), self._exact_float32(settings.reference):
             for batch in _batches(jobs, settings.batch_size):
-                patches = torch.stack(
-                    [
-                        source[z : z + cz, y : y + cy, x : x + cx]
-                        for z, y, x in (j.start for j in batch)
-                    ]
-                )[:, None].to(self.device)
+                crops = [source[z : z + cz, y : y + cy, x : x + cx] for z, y, x in _starts(batch)]
+                patches = torch.stack(crops)[:, None].to(self.device)
+                patches = patches.contiguous(memory_format=torch.channels_last_3d)
                 feats = self.network.features(patches, text.expand(len(batch), -1))
                 pad_to = tuple(max(j.out_shape[a] for j in batch) for a in range(3))
                 grid = torch.stack([_grid(j.coords, pad_to) for j in batch]).to(self.device)
