@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.cli.test_run import make_dataset
+from tests.datasets import make_dataset
 from tumsyn_bids.bids.layout import index_anatomical
 from tumsyn_bids.plan import PlanError, SynthesisRequest, build_plan
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .bids.derivatives import derivative_relpath, is_finished
+from .bids.derivatives import atomic_write_text, derivative_relpath, is_finished
 from .bids.layout import ScanIndex, ScanRecord
 from .bids.modalities import modality_table, resolve_modality
 from .model.tokenizer import CONTEXT_LENGTH, count_tokens
@@ -80,6 +81,7 @@ class SynthesisRequest:
     context_length: int = CONTEXT_LENGTH
 
 
+@lru_cache(maxsize=1)
 def default_protocols() -> dict[str, dict[str, Any]]:
     text = resources.files("tumsyn_bids.data").joinpath("default_protocols.json").read_text()
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
@@ -95,7 +97,7 @@ def _target_metadata(suffix: str, request: SynthesisRequest) -> dict[str, Any]:
         raise PlanError(
             f"no protocol for target {suffix}: give one with --target-spec or --target-like"
         )
-    return defaults[suffix]
+    return dict(defaults[suffix])
 
 
 def check_request(request: SynthesisRequest) -> None:
@@ -222,3 +224,15 @@ def _plan_job(
     if output_dir is not None and not overwrite and is_finished(output_dir, output):
         return _row(record, **base, status="done", message="output exists (use --overwrite)")
     return _row(record, **base, status="planned", message="")
+
+
+def write_plan_tsv(plan: pd.DataFrame, output_dir: str | Path) -> Path:
+    """Record the plan (as planned, or as executed) in ``logs/prompts.tsv``."""
+    frame = plan.copy()
+    frame["target_protocol"] = [
+        json.dumps(p, sort_keys=True) if isinstance(p, dict) else p
+        for p in frame["target_protocol"]
+    ]
+    path = Path(output_dir) / "logs" / "prompts.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, frame.to_csv(sep="\t", index=False, na_rep="n/a"))

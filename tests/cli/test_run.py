@@ -4,51 +4,18 @@ The dataset is built from the reference fixture's input image; the model is the 
 checkpoint pair, so outputs are the authors' model's outputs.
 """
 
-import hashlib
 import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from tests.conftest import SMALL
+from tests.datasets import make_dataset, tree_digest
 from tumsyn_bids.cli.run import main
-
-T1_SIDECAR = {
-    "RepetitionTime": 2.5,
-    "EchoTime": 0.00298,
-    "InversionTime": 1.0,
-    "FlipAngle": 8,
-    "MagneticFieldStrength": 3,
-    "Manufacturer": "SIEMENS",
-}
-
-
-def make_dataset(root: Path) -> Path:
-    """sub-01 (no session, full sidecar, in participants.tsv), sub-02/ses-1 (no sidecar, no row)."""
-    (root / "sub-01" / "anat").mkdir(parents=True)
-    (root / "sub-02" / "ses-1" / "anat").mkdir(parents=True)
-    src = SMALL / "input_T1w.nii.gz"
-    shutil.copy(src, root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
-    shutil.copy(src, root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz")
-    (root / "sub-01" / "anat" / "sub-01_T1w.json").write_text(json.dumps(T1_SIDECAR))
-    (root / "dataset_description.json").write_text(
-        json.dumps({"Name": "test", "BIDSVersion": "1.10.0"})
-    )
-    (root / "participants.tsv").write_text("participant_id\tage\tsex\nsub-01\t34\tF\n")
-    return root
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def model_args() -> list[str]:
@@ -106,7 +73,7 @@ def test_participant_run_writes_derivatives(app_run):
     assert tree_digest(bids) == before
 
 
-def test_same_resolution_output_equals_reference(app_run):
+def test_workflow_output_equals_a_direct_engine_call(app_run):
     """The workflow's output equals a direct call of the engine on the same image and prompt
     (whose agreement with the authors' loop tests/model checks)."""
     base, _, _, res = app_run
@@ -204,20 +171,16 @@ def test_exit_codes(tmp_path, case, code, capsys):
         extra += ["--target", "CT"]
     elif case == "nothing-selected":
         extra += ["--source", "FLAIR"]
-    with pytest.raises(SystemExit) if case == "usage" else _nothing() as raised:
-        result = main(args + extra)
-    if case == "usage":
-        result = raised.value.code
-    assert result == code
+    assert _exit_code(args + extra) == code
     assert "Traceback" not in capsys.readouterr().err
 
 
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+def _exit_code(argv: list[str]) -> int:
+    """``main``'s return value, or the code argparse exits with on a usage error."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
 
 
 def test_bad_image_fails_alone(tmp_path):

@@ -23,8 +23,8 @@ def _spec(**kw) -> ModelSpec:
 def test_synthesis_node_is_a_gpu_node_only_on_cuda():
     cpu = init_synthesis_wf(_spec()).get_node("synthesize")
     assert not cpu.is_gpu_node()
-    gpu_spec = ModelSpec("a.pth", "b.pt", device="cuda")
-    assert gpu_spec.use_gpu
+    cuda = ModelSpec(str(SMALL / "synthesis.pth"), str(SMALL / "text_encoder.pt"), device="cuda")
+    assert init_synthesis_wf(cuda).get_node("synthesize").is_gpu_node()
 
 
 def test_embedded_in_another_workflow(tmp_path):

@@ -746,6 +746,11 @@ def save_derivative(
     return image_path
 
 
+def subject_log_dir(output_dir: str | os.PathLike[str], subject: str) -> Path:
+    """Where a participant's crash files go (``sub-XX/log``, as in fMRIPrep's layout)."""
+    return Path(output_dir) / f"sub-{subject}" / "log"
+
+
 def is_finished(output_dir: str | os.PathLike[str], relpath: str) -> bool:
     """True when the image ``relpath`` and its sidecar both exist as non-empty files.
 

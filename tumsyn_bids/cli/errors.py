@@ -1,6 +1,8 @@
 """Exit codes shared by every command (BSD sysexits, as the BIDS Apps execution spec uses)."""
 
 EX_OK = 0
+#: A synthesis job crashed (crash files under output_dir/sub-XX/log).
+EX_FAILURE = 1
 #: The input BIDS dataset does not pass validation.
 EX_INVALID_DATASET = 16
 #: Wrong command-line usage.

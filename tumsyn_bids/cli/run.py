@@ -20,6 +20,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")  # no telemetry, ever; before nipype 
 
 from .. import __version__  # noqa: E402
 from . import errors  # noqa: E402
+from .parsing import UsageError, one_or_three  # noqa: E402
 
 LOGGER = logging.getLogger("tumsyn_bids")
 
@@ -125,15 +126,13 @@ def check_paths(args: argparse.Namespace) -> None:
             f"{bids} has no dataset_description.json: not a BIDS dataset",
         )
     out = args.output_dir
-    if (
-        _inside(out, bids)
-        and not _inside(out, bids / "derivatives")
-        or (out.resolve() == (bids / "derivatives").resolve())
-    ):
+    derivatives = bids / "derivatives"
+    allowed = _inside(out, derivatives) and out.resolve() != derivatives.resolve()
+    if _inside(out, bids) and not allowed:
         raise CLIError(
             errors.EX_USAGE,
             f"output_dir {out} is inside the input dataset; use a folder outside it or "
-            f"{bids / 'derivatives' / 'tumsyn'}",
+            f"{derivatives / 'tumsyn'}",
         )
     if _inside(args.work_dir, bids):
         raise CLIError(errors.EX_USAGE, f"work dir {args.work_dir} is inside the input dataset")
@@ -146,14 +145,6 @@ def check_paths(args: argparse.Namespace) -> None:
         except OSError as exc:
             msg = f"cannot write to {folder}: {exc.strerror}"
             raise CLIError(errors.EX_CANTCREAT, msg) from None
-
-
-def _patch_triple(values: list[int]) -> tuple[int, int, int]:
-    if len(values) == 1:
-        return (values[0],) * 3
-    if len(values) == 3:
-        return tuple(values)
-    raise CLIError(errors.EX_USAGE, "--patch-size takes one or three numbers")
 
 
 def _resolution(values: list[str]) -> tuple[float, float, float] | None:
@@ -236,20 +227,9 @@ def _print_plan(plan) -> None:
             print(f"{row.output}\n  source: {row.source_prompt}\n  target: {row.target_prompt}")
 
 
-def write_prompts_tsv(plan, output_dir: Path) -> Path:
-    from ..bids.derivatives import atomic_write_text
-
-    path = output_dir / "logs" / "prompts.tsv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = plan.copy()
-    frame["target_protocol"] = [json.dumps(p, sort_keys=True) for p in frame["target_protocol"]]
-    atomic_write_text(path, frame.to_csv(sep="\t", index=False, na_rep="n/a"))
-    return path
-
-
 def run_participant(args: argparse.Namespace) -> int:
     from ..bids.layout import BIDSIndexError, index_anatomical, read_bids_filter_file
-    from ..plan import PlanError, build_plan
+    from ..plan import PlanError, build_plan, write_plan_tsv
 
     request = build_request(args)
     if not args.skip_bids_validation:
@@ -279,18 +259,113 @@ def run_participant(args: argparse.Namespace) -> int:
             f"no anatomical image of a source modality ({', '.join(request.sources)}) was "
             f"selected in {args.bids_dir}",
         )
-    write_prompts_tsv(plan, args.output_dir)
+    write_plan_tsv(plan, args.output_dir)
     if args.dry_run:
         _print_plan(plan)
         return errors.EX_OK
-    from ..pipeline import execute_plan
+    return run_plan(plan, args)
 
-    return execute_plan(plan, args)
+
+def resolve_weights(args: argparse.Namespace) -> tuple[Path, Path]:
+    if not args.checkpoint or not args.text_encoder:
+        raise CLIError(
+            errors.EX_USAGE,
+            "no model: give --checkpoint and --text-encoder (or TUMSYN_CHECKPOINT and "
+            "TUMSYN_TEXT_ENCODER); the official weights are in Zenodo record 13119176",
+        )
+    paths = Path(args.checkpoint).resolve(), Path(args.text_encoder).resolve()
+    for path in paths:
+        if not path.is_file():
+            raise CLIError(errors.EX_NOINPUT, f"weights file not found: {path}")
+    return paths
+
+
+def plugin_settings(args: argparse.Namespace) -> tuple[str, dict]:
+    """Nipype plugin and its arguments: from ``--use-plugin`` YAML, else MultiProc/Linear."""
+    if args.use_plugin:
+        import yaml
+
+        try:
+            spec = yaml.safe_load(args.use_plugin.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise CLIError(errors.EX_USAGE, f"--use-plugin {args.use_plugin}: {exc}") from None
+        if not isinstance(spec, dict):
+            raise CLIError(errors.EX_USAGE, f"--use-plugin {args.use_plugin}: not a mapping")
+        return spec.get("plugin", "MultiProc"), dict(spec.get("plugin_args") or {})
+    if args.nprocs == 1:
+        return "Linear", {}
+    plugin_args: dict = {"n_procs": args.nprocs, "raise_insufficient": False}
+    if args.mem_gb:
+        plugin_args["memory_gb"] = args.mem_gb
+    return "MultiProc", plugin_args
+
+
+def run_plan(plan, args: argparse.Namespace) -> int:
+    """Execute the plan and turn its outcome into messages and an exit code."""
+    from ..bids.derivatives import subject_log_dir
+    from ..pipeline import execute_plan
+    from ..workflows import ModelSpec
+
+    checkpoint, text_encoder = resolve_weights(args)
+    plugin, plugin_args = plugin_settings(args)
+    if args.omp_nthreads:
+        import torch
+
+        torch.set_num_threads(args.omp_nthreads)
+    model = ModelSpec(
+        checkpoint=str(checkpoint),
+        text_encoder=str(text_encoder),
+        text_heads=args.text_heads,
+        device=args.device,
+        precision=args.precision,
+        patch_size=tuple(args.patch_size),
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        reference=args.reference,
+    )
+    output_dir = args.output_dir.resolve()
+    run_config = {
+        "bids_dir": str(args.bids_dir.resolve()),
+        "output_dir": str(output_dir),
+        "work_dir": str(args.work_dir.resolve()),
+        "targets": list(args.target),
+        "sources": list(args.source),
+        "output_resolution": args.output_resolution,
+        "participant_label": args.participant_label,
+        "session_label": args.session_label,
+        "plugin": {"name": plugin, "args": plugin_args},
+    }
+    final = execute_plan(
+        plan,
+        bids_dir=args.bids_dir.resolve(),
+        output_dir=output_dir,
+        work_dir=args.work_dir.resolve(),
+        model=model,
+        plugin=plugin,
+        plugin_args=plugin_args,
+        run_config=run_config,
+        write_graph=args.write_graph,
+        stop_on_first_crash=args.stop_on_first_crash,
+    )
+    counts = final["status"].value_counts().to_dict()
+    LOGGER.info("outputs: %s", json.dumps(counts, sort_keys=True))
+    for message in final.loc[final["status"] == "error", "message"]:
+        print(f"tumsyn: error: {message}", file=sys.stderr)
+    failed = sorted(set(final.loc[final["status"] == "failed", "subject"]))
+    if failed:
+        where = ", ".join(str(subject_log_dir(output_dir, s)) for s in failed)
+        print(
+            f"tumsyn: error: {counts['failed']} synthesis job(s) failed for "
+            f"{', '.join('sub-' + s for s in failed)}; crash files in {where}",
+            file=sys.stderr,
+        )
+        return errors.EX_FAILURE
+    return errors.EX_DATAERR if counts.get("error") else errors.EX_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
+    level = logging.DEBUG if args.verbose else logging.INFO
     # Our own handler only: nipype configures its loggers itself, a root handler would echo them.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -299,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     LOGGER.propagate = False
     start = time.time()
     try:
-        args.patch_size = _patch_triple(args.patch_size)
+        args.patch_size = tuple(int(v) for v in one_or_three(args.patch_size, "--patch-size", 60))
         if not 0 <= args.overlap < 1:
             raise CLIError(errors.EX_USAGE, "--overlap must be in [0, 1)")
         check_paths(args)
@@ -310,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print(f"tumsyn: error: {exc}", file=sys.stderr)
         return exc.code
+    except UsageError as exc:
+        print(f"tumsyn: error: {exc}", file=sys.stderr)
+        return errors.EX_USAGE
     except KeyboardInterrupt:
         print("tumsyn: interrupted", file=sys.stderr)
         return 130

@@ -16,15 +16,12 @@ from pathlib import Path
 
 from .. import __version__
 from .errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_USAGE
+from .parsing import UsageError, one_or_three
 
 LOGGER = logging.getLogger("tumsyn_bids.synth")
 
 #: The authors' prompt files hold lines like ``"file.nii.gz": "Age: ...; ..."``.
 _PROMPT_LINE = re.compile(r'^\s*"[^"]*"\s*:\s*"(?P<prompt>.*)"\s*$')
-
-
-class UsageError(ValueError):
-    """A command-line value that parses but cannot be used."""
 
 
 def read_prompt_file(path: str | Path) -> str:
@@ -40,16 +37,6 @@ def read_prompt_file(path: str | Path) -> str:
         )
     match = _PROMPT_LINE.match(lines[0])
     return match.group("prompt") if match else lines[0].strip()
-
-
-def _triple(values: Sequence[float] | None, name: str, default: float) -> tuple[float, ...]:
-    if not values:
-        return (default,) * 3
-    if len(values) == 1:
-        return (values[0],) * 3
-    if len(values) == 3:
-        return tuple(values)
-    raise UsageError(f"{name} takes one or three values, got {len(values)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,14 +123,14 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         prompt = args.prompt if args.prompt is not None else read_prompt_file(args.prompt_file)
-        patch_ijk = [int(v) for v in _triple(args.patch_size, "--patch-size", 60)]
+        patch_ijk = [int(v) for v in one_or_three(args.patch_size, "--patch-size", 60)]
         volume = load_volume(args.input)
         if args.voxel_size:
             if min(args.voxel_size) <= 0:
                 raise UsageError("--voxel-size must be positive")
             scale_ijk = [z / v for z, v in zip(volume.zooms, args.voxel_size, strict=True)]
         else:
-            scale_ijk = list(_triple(args.scale, "--scale", 1.0))
+            scale_ijk = list(one_or_three(args.scale, "--scale", 1.0))
         if min(scale_ijk) <= 0:
             raise UsageError("--scale must be positive")
         settings = PatchSettings.for_scale(

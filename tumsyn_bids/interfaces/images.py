@@ -14,7 +14,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..model.volume import load_volume
+from ..model.volume import load_volume, scaled_affine
 
 
 class _CheckImageInputSpec(BaseInterfaceInputSpec):
@@ -52,6 +52,9 @@ class CheckImage(SimpleInterface):
 class _PostprocessInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="synthesized image on the model's grid")
     reference = File(exists=True, mandatory=True, desc="the source image")
+    scale_ijk = traits.Tuple(
+        traits.Float, traits.Float, traits.Float, mandatory=True, desc="output samples per voxel"
+    )
 
 
 class _PostprocessOutputSpec(TraitedSpec):
@@ -59,25 +62,29 @@ class _PostprocessOutputSpec(TraitedSpec):
 
 
 class Postprocess(SimpleInterface):
-    """Give the synthesized image the source's header conventions on its output grid.
+    """Check that the synthesized image lies on the grid requested of it, and label it.
 
-    The synthesis node already writes the exact output grid; this keeps the source's qform and
-    sform codes and spatial/temporal units so that downstream tools treat both images alike.
+    The synthesis node writes the output grid itself (:func:`tumsyn_bids.model.volume.to_nifti`);
+    this guard catches any mismatch with the source's field of view before the image becomes a
+    derivative, and marks the header so the image cannot pass for an acquired one.
     """
 
     input_spec = _PostprocessInputSpec
     output_spec = _PostprocessOutputSpec
 
     def _run_interface(self, runtime):
-        ref = nib.load(self.inputs.reference)
         img = nib.load(self.inputs.in_file)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-        out_img = nib.Nifti1Image(data, img.affine)
-        out_img.header.set_xyzt_units(*ref.header.get_xyzt_units())
-        out_img.set_qform(img.affine, code=int(ref.header["qform_code"]) or 1)
-        out_img.set_sform(img.affine, code=int(ref.header["sform_code"]) or 1)
-        out_img.header["descrip"] = b"tumsyn-bids synthesized image"
+        ref = nib.load(self.inputs.reference)
+        # Scales are rounded to whole query samples per patch: allow that much voxel-size slack.
+        expected = scaled_affine(ref.affine, self.inputs.scale_ijk)
+        slack = 0.02 * max(ref.header.get_zooms()[:3])
+        if not np.allclose(img.affine, expected, rtol=0.02, atol=slack):
+            raise ValueError(
+                f"synthesized image of {self.inputs.reference} is not on the requested grid: "
+                f"affine {img.affine.tolist()} vs expected {expected.tolist()}"
+            )
+        img.header["descrip"] = b"tumsyn-bids synthesized image"
         out = os.path.join(runtime.cwd, "synthesized.nii.gz")
-        nib.save(out_img, out)
+        nib.save(img, out)
         self._results["out_file"] = out
         return runtime

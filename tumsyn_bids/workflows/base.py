@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,10 @@ import pandas as pd
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..bids.derivatives import subject_log_dir
 from ..interfaces import CheckImage, DerivativesSink, Postprocess, Synthesize
+from ..model.inference import resolve_device
+from ..model.text_encoder import DEFAULT_TEXT_HEADS
 
 
 @dataclass(frozen=True)
@@ -36,17 +39,35 @@ class ModelSpec:
     batch_size: int = 1
     reference: bool = False
     mem_gb: float = 4.0
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def heads(self) -> int:
+        """Text-tower heads to record: the given value or the published default."""
+        return self.text_heads or DEFAULT_TEXT_HEADS
 
     @property
     def use_gpu(self) -> bool:
-        if self.device == "cuda":
-            return True
-        if self.device == "cpu":
-            return False
-        import torch
+        """Whether synthesis nodes take one of MultiProc's GPU slots."""
+        if self.device == "auto":
+            return resolve_device("auto").type == "cuda"
+        return self.device == "cuda"
 
-        return torch.cuda.is_available()
+    def synthesize_inputs(self) -> dict[str, Any]:
+        """Inputs of the :class:`Synthesize` interface that this spec fixes."""
+        inputs = {
+            "checkpoint": self.checkpoint,
+            "text_encoder": self.text_encoder,
+            "patch_size": tuple(self.patch_size),
+            "overlap": self.overlap,
+            "batch_size": self.batch_size,
+            "device": self.device,
+            "precision": self.precision,
+            "reference": self.reference,
+            "use_gpu": self.use_gpu,
+        }
+        if self.text_heads:
+            inputs["text_heads"] = self.text_heads
+        return inputs
 
 
 def _safe(label: str | None) -> str:
@@ -72,30 +93,14 @@ def init_synthesis_wf(
     inputnode.inputs.scale_ijk = (1.0, 1.0, 1.0)
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_file"]), name="outputnode")
     check = pe.Node(CheckImage(), name="check_image")
-    synth = pe.Node(
-        Synthesize(
-            checkpoint=model.checkpoint,
-            text_encoder=model.text_encoder,
-            patch_size=tuple(model.patch_size),
-            overlap=model.overlap,
-            batch_size=model.batch_size,
-            device=model.device,
-            precision=model.precision,
-            reference=model.reference,
-            use_gpu=model.use_gpu,
-        ),
-        name="synthesize",
-        mem_gb=model.mem_gb,
-    )
-    if model.text_heads:
-        synth.inputs.text_heads = model.text_heads
+    synth = pe.Node(Synthesize(**model.synthesize_inputs()), name="synthesize", mem_gb=model.mem_gb)
     post = pe.Node(Postprocess(), name="postprocess")
     wf.connect([
         (inputnode, check, [("source_file", "in_file")]),
         (inputnode, synth, [("prompt", "prompt"), ("scale_ijk", "scale_ijk")]),
         (check, synth, [("out_file", "in_file")]),
         (synth, post, [("out_file", "in_file")]),
-        (inputnode, post, [("source_file", "reference")]),
+        (inputnode, post, [("source_file", "reference"), ("scale_ijk", "scale_ijk")]),
         (post, outputnode, [("out_file", "out_file")]),
     ])  # fmt: skip
     if output_dir is not None:
@@ -119,12 +124,11 @@ def init_tumsyn_wf(
     work_dir: str | Path,
     model: ModelSpec,
     sidecars: Mapping[str, Mapping[str, Any]],
-    crash_dir_for: Mapping[str, str] | None = None,
 ) -> pe.Workflow:
     """The whole run: one sub-workflow per participant/session with a job per planned row.
 
-    ``sidecars`` maps each output path (plan column ``output``) to its JSON sidecar;
-    ``crash_dir_for`` maps a subject label to the folder its crash files go to.
+    ``sidecars`` maps each output path (plan column ``output``) to its JSON sidecar. Crash
+    files of a participant's nodes go to :func:`subject_log_dir`, where users look for them.
     """
     wf = pe.Workflow(name="tumsyn_wf", base_dir=str(work_dir))
     planned = plan[plan["status"] == "planned"]
@@ -145,15 +149,10 @@ def init_tumsyn_wf(
             job.inputs.inputnode.prompt = row.target_prompt
             job.inputs.inputnode.scale_ijk = tuple(float(s) for s in row.scale_ijk)
             sub_wf.add_nodes([job])
-        if crash_dir_for and subject in crash_dir_for:
-            # Per node: nipype reads crashdump_dir from each node's own config, and the config
-            # of a nested workflow is not passed down to its nodes.
-            for node in sub_wf._get_all_nodes():
-                node.config = {
-                    "execution": {
-                        "crashdump_dir": crash_dir_for[subject],
-                        "crashfile_format": "txt",
-                    }
-                }
+        # Per node: nipype reads crashdump_dir from each node's own config, and the config of a
+        # nested workflow is not passed down to its nodes.
+        crash_dir = str(subject_log_dir(output_dir, subject))
+        for node in sub_wf._get_all_nodes():
+            node.config = {"execution": {"crashdump_dir": crash_dir, "crashfile_format": "txt"}}
         wf.add_nodes([sub_wf])
     return wf
