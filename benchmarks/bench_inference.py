@@ -37,7 +37,7 @@ from tumsyn_bids.model import (
     load_text_encoder,
     percentile_normalise,
 )
-from tumsyn_bids.model.inference import make_coord
+from tumsyn_bids.model.inference import make_coord, plan_patches
 
 SIZES = {
     # a model that runs in seconds on a laptop CPU
@@ -145,17 +145,7 @@ def main() -> None:
     settings = PatchSettings(crop, coord, args.overlap, batch_size=args.batch_size)
 
     flops = patch_flops(net, crop, coord, text, device)
-    n_patches = len(
-        list(
-            product(
-                *[
-                    [s for s in range(0, n, int(args.patch * (1 - args.overlap))) if s < n - c]
-                    + [n - c]
-                    for n, c in zip(args.volume, crop, strict=True)
-                ]
-            )
-        )
-    )
+    n_patches = len(plan_patches(tuple(args.volume), settings))
     dense = matmul_gflops(device)
 
     # warm-up (allocators, oneDNN/cuDNN kernel selection) on both paths

@@ -376,18 +376,15 @@ class Protocol:
 
 
 def _coerce_flip_angle(value: Any) -> float | str | None:
-    """Numbers (and numeric strings) become float degrees; other strings pass through."""
+    """Numbers (and numeric strings) become float degrees; other words pass through."""
     if isinstance(value, (list, tuple)):
         value = value[0] if value else None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in _MISSING_WORDS:
-            return None
-        try:
-            return float(text)
-        except ValueError:
-            return text
-    return _as_number(value, "FlipAngle")
+    try:
+        return _as_number(value, "FlipAngle")
+    except PromptError:
+        if isinstance(value, str):
+            return value.strip()  # e.g. "T2var", as in the authors' published prompts
+        raise
 
 
 def _coerce_voxel_size(value: Any) -> tuple[float, float, float] | None:

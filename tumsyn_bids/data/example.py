@@ -16,8 +16,6 @@ passes it with no errors (see :mod:`tumsyn_bids.bids.validation`).
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +24,13 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+from ..bids.derivatives import (
+    atomic_save_nifti,
+    atomic_write_json,
+    atomic_write_text,
+    sidecar_relpath,
+)
 
 __all__ = [
     "EXAMPLE_NAME",
@@ -195,7 +200,7 @@ def example_files() -> list[str]:
     """Every file the example dataset consists of, as POSIX paths relative to its root."""
     files = ["dataset_description.json", "README", "participants.tsv", "participants.json"]
     for image in EXAMPLE_IMAGES:
-        files += [image.path, _sidecar_path(image.path)]
+        files += [image.path, sidecar_relpath(image.path)]
     return sorted(files)
 
 
@@ -216,16 +221,17 @@ def write_example_dataset(out_dir: str | os.PathLike[str], force: bool = False) 
         )
     root.mkdir(parents=True, exist_ok=True)
 
-    _write_text(root / "dataset_description.json", _json(_DESCRIPTION))
-    _write_text(root / "README", _README)
-    _write_text(root / "participants.tsv", _PARTICIPANTS_TSV)
-    _write_text(root / "participants.json", _json(_PARTICIPANTS_JSON))
+    # The derivatives writers are reproducible (sorted JSON, gzip without a timestamp).
+    atomic_write_json(root / "dataset_description.json", _DESCRIPTION)
+    atomic_write_text(root / "README", _README)
+    atomic_write_text(root / "participants.tsv", _PARTICIPANTS_TSV)
+    atomic_write_json(root / "participants.json", _PARTICIPANTS_JSON)
     for image in EXAMPLE_IMAGES:
         img = make_phantom(
             image.shape, image.zooms, image.modality, seed=image.seed, head_scale=image.head_scale
         )
-        _write_bytes(root / image.path, gzip.compress(img.to_bytes(), compresslevel=9, mtime=0))
-        _write_text(root / _sidecar_path(image.path), _json(image.sidecar))
+        atomic_save_nifti(img, root / image.path)
+        atomic_write_json(root / sidecar_relpath(image.path), image.sidecar)
     return root
 
 
@@ -308,21 +314,3 @@ def _blend(rel: np.ndarray, width: float, contrast: dict[str, float]) -> np.ndar
         inside_v = 1.0 / (1.0 + np.exp(-(1.0 - v_radius) * 0.1 / width))
         value += (contrast["csf"] - value) * inside_v
     return value
-
-
-def _sidecar_path(image_path: str) -> str:
-    return image_path.removesuffix(".nii.gz").removesuffix(".nii") + ".json"
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-
-
-def _write_text(path: Path, text: str) -> None:
-    # Explicit encoding and "\n" newlines: the same bytes on every platform and locale.
-    _write_bytes(path, text.encode("utf-8"))
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)

@@ -85,7 +85,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _strict_load(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """Load every key, none missing, none unused; float16 files land in float32 parameters."""
-    result = model.load_state_dict(state_dict, strict=False)
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # size mismatches are raised even when strict=False
+        raise CheckpointError(f"{path}: state dict does not match the model: {exc}") from None
     problems = []
     if result.missing_keys:
         problems.append(f"missing keys {result.missing_keys[:8]}")

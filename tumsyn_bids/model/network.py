@@ -135,7 +135,7 @@ class ChannelCrossAttention(nn.Module):
         n = x.shape[2] * x.shape[3] * x.shape[4]
         head_dim = c // self.heads
         # text: (B, C, 1, 1, 1) -> q: (B, heads, 1, head_dim)
-        q = F.conv3d(text, self.q.weight, self.q.bias).reshape(b, 1, self.heads, head_dim)
+        q = self.q(text).reshape(b, 1, self.heads, head_dim)
         q = q.permute(0, 2, 1, 3)
         # The authors' raw reshape: channel-major memory cut into chunks of 2*C values.
         kv = self.kv(x).reshape(b, n, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
