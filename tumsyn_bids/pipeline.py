@@ -107,7 +107,10 @@ def execute_plan(
     nipype_config.set("execution", "remove_unnecessary_outputs", "false")
     workflow = init_tumsyn_wf(plan, bids_dir, output_dir, work_dir, model, sidecars)
     if write_graph:
-        workflow.write_graph(graph2use="colored", format="svg", simple_form=True)
+        try:
+            workflow.write_graph(graph2use="colored", format="svg", simple_form=True)
+        except OSError as exc:  # graphviz's `dot` is missing: the .dot file is still written
+            LOGGER.warning("graph written as .dot only under %s (%s)", work_dir, exc)
     started = time.time()
     if workflow.list_node_names():
         try:

@@ -233,3 +233,50 @@ def test_crashing_job_leaves_crash_file_and_others_finish(tmp_path):
     assert (tmp_path / "out" / OUTPUTS[1]).is_file()
     tsv = (tmp_path / "out" / "logs" / "prompts.tsv").read_text()
     assert "failed" in tsv and "done" in tsv
+
+
+def test_plugin_yaml_and_graph(tmp_path):
+    """``--use-plugin`` picks nipype's plugin; ``--write-graph`` works with or without graphviz."""
+    bids = make_dataset(tmp_path / "bids")
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: Linear\nplugin_args: {}\n")
+    res = run_app(bids, tmp_path / "out", tmp_path / "w", "--target", "T2w",
+                  "--participant-label", "01", "--use-plugin", plugin, "--write-graph")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    config = json.loads((tmp_path / "out" / "logs" / "config.json").read_text())
+    assert config["plugin"]["name"] == "Linear"
+    assert (tmp_path / "w" / "tumsyn_wf" / "graph.dot").is_file()
+    assert (tmp_path / "out" / OUTPUTS[1]).is_file()
+    plugin.write_text("- not a mapping\n")
+    bad = run_app(bids, tmp_path / "out", tmp_path / "w", "--target", "T2w", "--overwrite",
+                  "--use-plugin", plugin)  # fmt: skip
+    assert bad.returncode == 64 and "not a mapping" in bad.stderr
+
+
+def test_output_resolution_grid(tmp_path):
+    """``--output-resolution``: the requested voxel size over the source's field of view."""
+    from tumsyn_bids.model.volume import scaled_affine
+
+    bids = make_dataset(tmp_path / "bids")
+    res = run_app(bids, tmp_path / "out", tmp_path / "w", "--target", "T2w",
+                  "--participant-label", "01", "--output-resolution", 0.5, 0.6, 0.75,
+                  "--nprocs", 1)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = nib.load(tmp_path / "out" / OUTPUTS[1])
+    src = nib.load(bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    assert out.shape == (42, 46, 54)
+    np.testing.assert_allclose(out.affine, scaled_affine(src.affine, (2, 2, 2)), atol=1e-5)
+    side = json.loads((tmp_path / "out" / OUTPUTS[1].replace(".nii.gz", ".json")).read_text())
+    assert "Voxel size: (0.5, 0.6, 0.75)" in side["TargetPrompt"]
+
+
+def test_too_long_prompt_is_reported_for_that_image(tmp_path, capsys):
+    bids = make_dataset(tmp_path / "bids")
+    side = bids / "sub-01" / "anat" / "sub-01_T1w.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), "Manufacturer": "A " * 40}))
+    code = main([str(bids), str(tmp_path / "out"), "participant", "--skip-bids-validation",
+                 "--dry-run", "--target", "T2w", "-w", str(tmp_path / "w")])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "ERROR sub-01/anat/sub-01_T1w.nii.gz" in text and "tokens" in text
+    assert "sub-02_ses-1_desc-tumsynFromT1w_T2w.nii.gz" in text

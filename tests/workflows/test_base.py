@@ -49,3 +49,10 @@ def test_embedded_in_another_workflow(tmp_path):
     src_img = nib.load(SMALL / "input_T1w.nii.gz")
     np.testing.assert_allclose(np.array(out.header.get_zooms()) * 2, src_img.header.get_zooms())
     assert np.isfinite(np.asarray(out.dataobj)).all()
+
+
+def test_threads_reach_the_node():
+    """``--omp-nthreads``: MultiProc reserves the threads and the node sets torch's count."""
+    node = init_synthesis_wf(_spec(num_threads=3)).get_node("synthesize")
+    assert node.n_procs == 3
+    assert node.inputs.num_threads == 3

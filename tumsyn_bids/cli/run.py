@@ -308,10 +308,6 @@ def run_plan(plan, args: argparse.Namespace) -> int:
 
     checkpoint, text_encoder = resolve_weights(args)
     plugin, plugin_args = plugin_settings(args)
-    if args.omp_nthreads:
-        import torch
-
-        torch.set_num_threads(args.omp_nthreads)
     model = ModelSpec(
         checkpoint=str(checkpoint),
         text_encoder=str(text_encoder),
@@ -322,6 +318,7 @@ def run_plan(plan, args: argparse.Namespace) -> int:
         overlap=args.overlap,
         batch_size=args.batch_size,
         reference=args.reference,
+        num_threads=args.omp_nthreads,
     )
     output_dir = args.output_dir.resolve()
     run_config = {

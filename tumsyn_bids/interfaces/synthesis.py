@@ -63,6 +63,7 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     precision = traits.Enum("fp32", "bf16", usedefault=True)
     reference = traits.Bool(False, usedefault=True, desc="reproduce the authors' loop exactly")
     use_gpu = traits.Bool(False, usedefault=True, desc="schedule on MultiProc's GPU slots")
+    num_threads = traits.Int(desc="torch CPU threads for this node")
 
 
 class _SynthesizeOutputSpec(TraitedSpec):
@@ -82,6 +83,10 @@ class Synthesize(SimpleInterface):
         from ..model.volume import load_volume, to_nifti
 
         inputs = self.inputs
+        if isdefined(inputs.num_threads):
+            import torch
+
+            torch.set_num_threads(inputs.num_threads)
         heads = inputs.text_heads if isdefined(inputs.text_heads) else None
         synth = get_synthesizer(
             inputs.checkpoint, inputs.text_encoder, heads, inputs.device, inputs.precision

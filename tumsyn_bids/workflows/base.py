@@ -39,6 +39,8 @@ class ModelSpec:
     batch_size: int = 1
     reference: bool = False
     mem_gb: float = 4.0
+    #: CPU threads of a synthesis node (torch intra-op threads; MultiProc reserves as many).
+    num_threads: int | None = None
 
     @property
     def heads(self) -> int:
@@ -67,6 +69,8 @@ class ModelSpec:
         }
         if self.text_heads:
             inputs["text_heads"] = self.text_heads
+        if self.num_threads:
+            inputs["num_threads"] = self.num_threads
         return inputs
 
 
@@ -93,7 +97,12 @@ def init_synthesis_wf(
     inputnode.inputs.scale_ijk = (1.0, 1.0, 1.0)
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_file"]), name="outputnode")
     check = pe.Node(CheckImage(), name="check_image")
-    synth = pe.Node(Synthesize(**model.synthesize_inputs()), name="synthesize", mem_gb=model.mem_gb)
+    synth = pe.Node(
+        Synthesize(**model.synthesize_inputs()),
+        name="synthesize",
+        mem_gb=model.mem_gb,
+        n_procs=model.num_threads or 1,
+    )
     post = pe.Node(Postprocess(), name="postprocess")
     wf.connect([
         (inputnode, check, [("source_file", "in_file")]),
