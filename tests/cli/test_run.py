@@ -145,6 +145,7 @@ def test_dry_run_prompts_are_the_hand_written_ones(tmp_path, capsys):
         ("unknown-participant", 66),
         ("output-inside-input", 64),
         ("output-not-creatable", 73),
+        ("output-is-another-dataset", 73),
         ("unknown-target", 64),
         ("nothing-selected", 66),
     ],
@@ -167,6 +168,11 @@ def test_exit_codes(tmp_path, case, code, capsys):
     elif case == "output-not-creatable":
         (tmp_path / "file").write_text("x")
         args[1] = str(tmp_path / "file" / "out")
+    elif case == "output-is-another-dataset":
+        out.mkdir()
+        (out / "dataset_description.json").write_text(
+            json.dumps({"Name": "other", "BIDSVersion": "1.10.0", "DatasetType": "raw"})
+        )
     elif case == "unknown-target":
         extra += ["--target", "CT"]
     elif case == "nothing-selected":

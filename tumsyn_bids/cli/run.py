@@ -134,6 +134,19 @@ def check_paths(args: argparse.Namespace) -> None:
             f"output_dir {out} is inside the input dataset; use a folder outside it or "
             f"{derivatives / 'tumsyn'}",
         )
+    from ..bids.derivatives import DerivativesError, existing_version
+
+    try:
+        previous = existing_version(out)
+    except DerivativesError as exc:
+        raise CLIError(errors.EX_CANTCREAT, f"{exc}; choose another output_dir") from None
+    if previous is not None and previous != __version__:
+        LOGGER.warning(
+            "%s holds outputs of tumsyn-bids %s; this is %s: outputs of two versions will mix",
+            out,
+            previous,
+            __version__,
+        )
     if _inside(args.work_dir, bids):
         raise CLIError(errors.EX_USAGE, f"work dir {args.work_dir} is inside the input dataset")
     for folder in (out, args.work_dir):
