@@ -144,6 +144,8 @@ def test_dry_run_prompts_are_the_hand_written_ones(tmp_path, capsys):
         ("not-bids", 16),
         ("unknown-participant", 66),
         ("output-inside-input", 64),
+        ("work-inside-input", 64),
+        ("output-in-derivatives-ok", 0),
         ("output-not-creatable", 73),
         ("output-is-another-dataset", 73),
         ("unknown-target", 64),
@@ -165,6 +167,10 @@ def test_exit_codes(tmp_path, case, code, capsys):
         extra += ["--participant-label", "sub-99"]
     elif case == "output-inside-input":
         args[1] = str(bids / "out")
+    elif case == "work-inside-input":
+        extra += ["-w", str(bids / "work")]
+    elif case == "output-in-derivatives-ok":
+        args[1] = str(bids / "derivatives" / "tumsyn")
     elif case == "output-not-creatable":
         (tmp_path / "file").write_text("x")
         args[1] = str(tmp_path / "file" / "out")
