@@ -1,5 +1,7 @@
 """The inference engine against outputs of the authors' own loop (tests/data fixtures)."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -141,7 +143,9 @@ def test_bf16_needs_cuda(small_synthesizer):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_bf16_close_to_fp32(small_prompts, small_synthesizer, volume):
-    gpu = Synthesizer(small_synthesizer.network, small_synthesizer.text_encoder, "cuda", "bf16")
+    # Synthesizer moves the modules it is given: give the GPU one its own copies.
+    net = copy.deepcopy(small_synthesizer.network)
+    gpu = Synthesizer(net, copy.deepcopy(small_synthesizer.text_encoder), "cuda", "bf16")
     s = PatchSettings((20, 20, 20), (20, 20, 20), batch_size=4)
     ref = small_synthesizer.synthesize(volume, small_prompts["cleaned_target1"], s)
     out = gpu.synthesize(volume, small_prompts["cleaned_target1"], s)
@@ -168,3 +172,19 @@ def test_full_size_fixture_same_res_and_first_patch():
     vol = load_volume(FULL / "input_T1w.nii.gz").data
     out = synth.synthesize(vol, prompts["cleaned_target1"], _settings(run, reference=True))
     np.testing.assert_allclose(out, np.load(FULL / "expected_same_res.npy"), rtol=1e-4, atol=1e-4)
+
+
+def test_memory_layout_does_not_change_results(small_prompts, small_synthesizer, volume):
+    """Channels-last is a speed choice only (default on CPU; off on CUDA, where it is slower)."""
+    assert small_synthesizer.memory_format == torch.channels_last_3d
+    plain = Synthesizer(
+        copy.deepcopy(small_synthesizer.network),
+        copy.deepcopy(small_synthesizer.text_encoder),
+        "cpu",
+        channels_last=False,
+    )
+    assert plain.memory_format == torch.contiguous_format
+    s = PatchSettings((20, 20, 20), (20, 20, 20))
+    prompt = small_prompts["cleaned_target1"]
+    ref = small_synthesizer.synthesize(volume, prompt, s)
+    np.testing.assert_allclose(plain.synthesize(volume, prompt, s), ref, atol=1e-5)

@@ -223,6 +223,7 @@ class Synthesizer:
         text_encoder: TextEncoder,
         device: str | torch.device = "auto",
         precision: str = "fp32",
+        channels_last: bool | None = None,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -230,10 +231,13 @@ class Synthesizer:
         if precision == "bf16" and self.device.type != "cuda":
             raise ValueError("precision 'bf16' needs a CUDA device; use fp32 on the CPU")
         self.precision = precision
-        # Channels-last 3-D tensors let oneDNN/cuDNN pick their fastest convolution kernels
-        # (about 1.3-2x on the encoder here); results change only at float-rounding level.
+        # Channels-last 3-D tensors let oneDNN pick its fastest convolution kernels (about
+        # 1.3-2x on the encoder on CPU); results change only at float-rounding level.
+        if channels_last is None:
+            channels_last = self.device.type == "cpu"
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.network = network.to(self.device).eval()
-        self.network.to(memory_format=torch.channels_last_3d)
+        self.network.to(memory_format=self.memory_format)
         self.text_encoder = text_encoder.to(self.device).eval()
         self._embeddings: dict[str, torch.Tensor] = {}
 
@@ -313,7 +317,7 @@ class Synthesizer:
             for batch in _batches(jobs, settings.batch_size):
                 crops = [source[z : z + cz, y : y + cy, x : x + cx] for z, y, x in _starts(batch)]
                 patches = torch.stack(crops)[:, None].to(self.device)
-                patches = patches.contiguous(memory_format=torch.channels_last_3d)
+                patches = patches.contiguous(memory_format=self.memory_format)
                 feats = self.network.features(patches, text.expand(len(batch), -1))
                 pad_to = tuple(max(j.out_shape[a] for j in batch) for a in range(3))
                 grid = torch.stack([_grid(j.coords, pad_to) for j in batch]).to(self.device)
