@@ -27,7 +27,7 @@ from .bids.derivatives import (
     write_citation,
     write_dataset_description,
 )
-from .model.checkpoints import file_sha256
+from .model.checkpoints import checkpoint_metadata, file_sha256
 from .model.inference import resolve_device
 from .plan import write_plan_tsv
 from .workflows import ModelSpec, init_tumsyn_wf
@@ -39,12 +39,16 @@ def build_sidecars(
     plan: pd.DataFrame, model: ModelSpec, device_type: str
 ) -> dict[str, dict[str, Any]]:
     """The JSON sidecar of every planned output (nothing in it depends on the run's timing)."""
+    recorded = checkpoint_metadata(model.checkpoint)
+    heads = model.text_heads or checkpoint_metadata(model.text_encoder).get("transformer_heads")
     model_info = model_record(
         Path(model.checkpoint).name,
         file_sha256(model.checkpoint),
         Path(model.text_encoder).name,
         file_sha256(model.text_encoder),
-        text_heads=model.heads,
+        text_heads=int(heads or model.heads),
+        name=recorded.get("model_name"),
+        intended_use=recorded.get("intended_use"),
     )
     versions = software_versions()
     sidecars = {}

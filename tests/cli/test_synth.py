@@ -89,7 +89,7 @@ def test_voxel_size_gives_scaled_grid(tmp_path):
         ("missing-input", 66, "no such file"),
         ("4d", 65, "3-D"),
         ("long-prompt", 65, "tokens"),
-        ("no-weights", 64, "--checkpoint"),
+        ("half-weights", 64, "or neither"),
         ("swapped-weights", 65, "text-encoder checkpoint"),
         ("bad-output", 73, "does not exist"),
     ],
@@ -106,8 +106,8 @@ def test_errors_are_one_line_with_exit_code(tmp_path, case, code, message):
         nib.save(nib.Nifti1Image(np.ones((5, 5, 5, 3), np.float32), np.eye(4)), inp)
     elif case == "long-prompt":
         prompt = "word " * 100
-    elif case == "no-weights":
-        args = []
+    elif case == "half-weights":
+        args = ["--checkpoint", SMALL / "synthesis.pth"]
         import os
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUMSYN_")}

@@ -450,12 +450,16 @@ def model_record(
     text_encoder_sha256: str,
     *,
     text_heads: int | None = None,
+    name: str | None = None,
+    intended_use: str | None = None,
 ) -> dict[str, Any]:
     """``Model`` of a sidecar: which weights made the image, identified by content.
 
     Only file *names* are recorded: absolute paths differ between machines (and reveal them)
     while the sha256 digests (computed by ``tumsyn_bids.model.file_sha256``) identify the
-    weights exactly.
+    weights exactly. ``name``/``intended_use`` come from checkpoints trained with tumsyn-bids
+    (the bundled demo model says there that it is not for research use); without them the
+    weights are taken to be the published ones.
     """
     checkpoints = {}
     for role, path, digest in (
@@ -468,12 +472,16 @@ def model_record(
         checkpoints[role] = {"File": PurePosixPath(os.fspath(path).replace("\\", "/")).name}
         checkpoints[role]["SHA256"] = digest
     record: dict[str, Any] = {
-        "Name": "TUMSyn",
+        "Name": name or "TUMSyn",
+        "Architecture": "TUMSyn",
         "Paper": "https://arxiv.org/abs/2409.16818",
         "Code": "https://github.com/Wangyulin-user/TUMSyn",
-        "Weights": "https://zenodo.org/records/13119176",
-        "Checkpoints": checkpoints,
     }
+    if name is None:
+        record["Weights"] = "https://zenodo.org/records/13119176"
+    if intended_use:
+        record["IntendedUse"] = str(intended_use)
+    record["Checkpoints"] = checkpoints
     if text_heads is not None:
         record["TextHeads"] = int(text_heads)
     return record

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
+
+LOGGER = logging.getLogger("tumsyn_bids")
 
 
 class UsageError(ValueError):
@@ -18,3 +22,21 @@ def one_or_three(values: Sequence[float] | None, name: str, default: float) -> t
     if len(values) == 3:
         return tuple(values)
     raise UsageError(f"{name} takes one or three values, got {len(values)}")
+
+
+def weights_or_demo(checkpoint: str | None, text_encoder: str | None) -> tuple[Path, Path]:
+    """The two weight files to use: both given, or neither (then the bundled demo model)."""
+    if not checkpoint and not text_encoder:
+        from ..model.bundled import DEMO_INTENDED_USE, demo_weights
+
+        LOGGER.warning(
+            "no --checkpoint/--text-encoder: using the bundled demo model. %s", DEMO_INTENDED_USE
+        )
+        return demo_weights()
+    if not checkpoint or not text_encoder:
+        raise UsageError(
+            "give both --checkpoint and --text-encoder (or TUMSYN_CHECKPOINT and "
+            "TUMSYN_TEXT_ENCODER), or neither to use the bundled demo model; the official "
+            "weights are in Zenodo record 13119176"
+        )
+    return Path(checkpoint).resolve(), Path(text_encoder).resolve()

@@ -20,7 +20,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")  # no telemetry, ever; before nipype 
 
 from .. import __version__  # noqa: E402
 from . import errors  # noqa: E402
-from .parsing import UsageError, one_or_three  # noqa: E402
+from .parsing import UsageError, one_or_three, weights_or_demo  # noqa: E402
 
 LOGGER = logging.getLogger("tumsyn_bids")
 
@@ -84,8 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MM",
         help="'native' (the source grid) or X Y Z voxel size in mm",
     )
-    s.add_argument("--checkpoint", default=os.environ.get("TUMSYN_CHECKPOINT"))
-    s.add_argument("--text-encoder", default=os.environ.get("TUMSYN_TEXT_ENCODER"))
+    s.add_argument(
+        "--checkpoint",
+        default=os.environ.get("TUMSYN_CHECKPOINT"),
+        help="synthesis weights (checkpoint.pth); default $TUMSYN_CHECKPOINT, else the bundled "
+        "demo model (trained on phantoms; not for research use)",
+    )
+    s.add_argument(
+        "--text-encoder",
+        default=os.environ.get("TUMSYN_TEXT_ENCODER"),
+        help="text encoder weights (checkpoint_CLIP.pt); default $TUMSYN_TEXT_ENCODER, else the "
+        "bundled demo model",
+    )
     s.add_argument("--text-heads", type=int, default=None)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -280,13 +290,14 @@ def run_participant(args: argparse.Namespace) -> int:
 
 
 def resolve_weights(args: argparse.Namespace) -> tuple[Path, Path]:
-    if not args.checkpoint or not args.text_encoder:
-        raise CLIError(
-            errors.EX_USAGE,
-            "no model: give --checkpoint and --text-encoder (or TUMSYN_CHECKPOINT and "
-            "TUMSYN_TEXT_ENCODER); the official weights are in Zenodo record 13119176",
-        )
-    paths = Path(args.checkpoint).resolve(), Path(args.text_encoder).resolve()
+    from ..model.checkpoints import CheckpointError
+
+    try:
+        paths = weights_or_demo(args.checkpoint, args.text_encoder)
+    except UsageError as exc:
+        raise CLIError(errors.EX_USAGE, str(exc)) from None
+    except CheckpointError as exc:
+        raise CLIError(errors.EX_NOINPUT, str(exc)) from None
     for path in paths:
         if not path.is_file():
             raise CLIError(errors.EX_NOINPUT, f"weights file not found: {path}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from .errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_USAGE
-from .parsing import UsageError, one_or_three
+from .parsing import UsageError, one_or_three, weights_or_demo
 
 LOGGER = logging.getLogger("tumsyn_bids.synth")
 
@@ -53,12 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         default=os.environ.get("TUMSYN_CHECKPOINT"),
-        help="synthesis weights (checkpoint.pth); default $TUMSYN_CHECKPOINT",
+        help="synthesis weights (checkpoint.pth); default $TUMSYN_CHECKPOINT, else the "
+        "bundled demo model (not for research use)",
     )
     p.add_argument(
         "--text-encoder",
         default=os.environ.get("TUMSYN_TEXT_ENCODER"),
-        help="text encoder weights (checkpoint_CLIP.pt); default $TUMSYN_TEXT_ENCODER",
+        help="text encoder weights (checkpoint_CLIP.pt); default $TUMSYN_TEXT_ENCODER, else "
+        "the bundled demo model",
     )
     res = p.add_mutually_exclusive_group()
     res.add_argument(
@@ -115,12 +117,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail(EX_USAGE, f"output {out} must end in .nii or .nii.gz")
     if not out.parent.is_dir():
         return _fail(EX_CANTCREAT, f"output folder {out.parent} does not exist")
-    if not args.checkpoint or not args.text_encoder:
-        return _fail(
-            EX_USAGE,
-            "give --checkpoint and --text-encoder (or set TUMSYN_CHECKPOINT and "
-            "TUMSYN_TEXT_ENCODER); the official weights are in Zenodo record 13119176",
-        )
+    try:
+        checkpoint, text_encoder_path = weights_or_demo(args.checkpoint, args.text_encoder)
+    except UsageError as exc:
+        return _fail(EX_USAGE, str(exc))
+    except CheckpointError as exc:
+        return _fail(EX_NOINPUT, str(exc))
     try:
         prompt = args.prompt if args.prompt is not None else read_prompt_file(args.prompt_file)
         patch_ijk = [int(v) for v in one_or_three(args.patch_size, "--patch-size", 60)]
@@ -157,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
             tuple(patch_ijk),
         )
     try:
-        network = load_synthesis(args.checkpoint).model
-        text_encoder = load_text_encoder(args.text_encoder, heads=args.text_heads).model
+        network = load_synthesis(checkpoint).model
+        text_encoder = load_text_encoder(text_encoder_path, heads=args.text_heads).model
         synth = Synthesizer(network, text_encoder, device=args.device, precision=args.precision)
         result = synth.synthesize(volume.data, prompt, settings, progress=not args.quiet)
     except CheckpointError as exc:

@@ -83,6 +83,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    """What tumsyn-bids recorded in a checkpoint (name, intended use, heads, ...); {} if none.
+
+    Memory-mapped, so asking this of the 4 GB published CLIP file costs next to nothing.
+    """
+    return dict(read_checkpoint(path).get(EXTRA_KEY) or {})
+
+
 def _strict_load(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """Load every key, none missing, none unused; float16 files land in float32 parameters."""
     try:
