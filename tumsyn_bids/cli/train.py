@@ -97,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resample off-grid pairs onto the source grid instead of skipping them",
     )
+
+    ex = sub.add_parser(
+        "export", help="weights-only (float16) copies of trained checkpoints, ready to ship"
+    )
+    ex.add_argument("out_dir", type=Path, help="writes text_encoder.pt and synthesis.pth here")
+    ex.add_argument("--text-encoder", type=Path, required=True, metavar="CKPT")
+    ex.add_argument("--synthesis", type=Path, required=True, metavar="CKPT")
+    ex.add_argument("--name", required=True, help="model name recorded in every sidecar")
+    ex.add_argument("--intended-use", required=True, help="recorded in every sidecar")
+    ex.add_argument("--float32", action="store_true", help="keep float32 (default: float16)")
+    ex.add_argument("--quiet", action="store_true")
     return p
 
 
@@ -170,6 +181,22 @@ def run(args: argparse.Namespace) -> int:
     from ..model.checkpoints import CheckpointError
     from ..training.errors import NoTrainingData, TrainingDataError
 
+    if args.stage == "export":
+        from ..training.export import export_model
+
+        try:
+            export_model(
+                args.text_encoder,
+                args.synthesis,
+                args.out_dir,
+                name=args.name,
+                intended_use=args.intended_use,
+                half=not args.float32,
+            )
+        except CheckpointError as exc:
+            LOGGER.error("%s", exc)
+            return errors.EX_DATAERR
+        return errors.EX_OK
     try:
         config = make_config(args)
         if args.stage == "text-encoder":
