@@ -146,6 +146,18 @@ def test_a_subject_is_the_same_whatever_else_is_written(simulated: Path, tmp_pat
     assert not (alone / "sub-01").exists()
 
 
+def test_parallel_writing_gives_the_same_files(simulated: Path, tmp_path: Path) -> None:
+    parallel = write_simulated_dataset(
+        tmp_path / "parallel",
+        n_subjects=2,
+        modalities=MODALITIES,
+        seed=7,
+        voxel_size=VOXEL_MM,
+        n_procs=2,
+    )
+    assert _files(parallel) == _files(simulated)
+
+
 def test_held_out_subjects_get_new_labels() -> None:
     assert subject_labels(3, first_subject=11) == ["11", "12", "13"]
     assert subject_labels(2) == ["01", "02"]

@@ -125,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--nprocs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="simulate N subjects in parallel processes; output is identical "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--no-derivatives",
         action="store_true",
         help="do not write the ground-truth tissue maps to OUT_DIR/derivatives/simulation",
@@ -158,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             derivatives=not args.no_derivatives,
             first_subject=args.first_subject,
             overwrite=args.overwrite,
+            n_procs=args.nprocs,
         )
     except (FileExistsError, NotADirectoryError) as exc:
         print(f"tumsyn-simulate: error: {exc}", file=sys.stderr)

@@ -227,7 +227,7 @@ def grid_for(voxel_size: float, reference: TissueMaps | None = None) -> tuple[tu
     return tuple(int(s) for s in shape), affine
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=2)
 def _smoothed_template(voxel_size: float) -> tuple[np.ndarray, ...]:
     """The 1 mm maps pre-smoothed for sampling at ``voxel_size`` (anti-aliasing), cached."""
     template = load_template()

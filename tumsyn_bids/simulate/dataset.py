@@ -27,11 +27,13 @@ and renamed into place at the end, so an interrupted run leaves no half-written 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ from .anatomy import (
 )
 from .protocols import sample_protocol, scan_protocol
 from .signal import SUFFIXES, render
-from .subject import SimulatedSubject, draw_subject
+from .subject import SimulatedSubject, _finish_header, draw_subject
 from .tissues import TISSUES
 
 __all__ = [
@@ -256,21 +258,14 @@ MNI ICBM152 2009 template:
 def _probseg_image(levels: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     img = nib.Nifti1Image(np.asarray(levels, dtype=np.uint8), affine)
     img.header.set_slope_inter(float(np.float32(1.0 / FRACTION_LEVELS)), 0.0)
-    _finish(img, affine, "tumsyn-simulate tissue fraction")
+    _finish_header(img, affine, "tumsyn-simulate tissue fraction")
     return img
 
 
 def _mask_image(mask: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     img = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), affine)
-    _finish(img, affine, "tumsyn-simulate brain mask")
+    _finish_header(img, affine, "tumsyn-simulate brain mask")
     return img
-
-
-def _finish(img: nib.Nifti1Image, affine: np.ndarray, description: str) -> None:
-    img.header.set_xyzt_units("mm", "sec")
-    img.header["descrip"] = description.encode()
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
 
 
 def _write_subject(
@@ -317,6 +312,13 @@ def _write_subject(
         )
 
 
+def _write_subject_job(job: tuple) -> None:
+    """:func:`_write_subject` for one subject, then free its maps (about 90 MB at 1 mm)."""
+    subject = job[1]
+    _write_subject(*job)
+    subject.clear_cache()
+
+
 def _is_ours(root: Path) -> bool:
     try:
         description = json.loads((root / "dataset_description.json").read_text(encoding="utf-8"))
@@ -356,6 +358,7 @@ def write_simulated_dataset(
     first_subject: int = 1,
     labels: Sequence[str] | None = None,
     overwrite: bool = False,
+    n_procs: int = 1,
 ) -> Path:
     """Simulate subjects and write them as a BIDS dataset at ``out_dir``; return its path.
 
@@ -368,7 +371,8 @@ def write_simulated_dataset(
 
     ``out_dir`` must be new or empty; with ``overwrite`` a dataset that tumsyn-simulate wrote
     earlier is replaced (anything else is refused, ``FileExistsError``). The dataset is built
-    in a temporary sibling folder and renamed into place when complete.
+    in a temporary sibling folder and renamed into place when complete. ``n_procs`` > 1
+    simulates subjects in that many processes; the files are the same.
     """
     modalities = tuple(modalities)
     unknown = [m for m in modalities if m not in SUFFIXES]
@@ -414,8 +418,15 @@ def write_simulated_dataset(
             deriv = staging / DERIVATIVES_RELPATH
             atomic_write_json(deriv / "dataset_description.json", _derivative_description())
             atomic_write_text(deriv / "README", _derivative_readme())
-        for subject in subjects:
-            _write_subject(staging, subject, modalities, voxel_size, snr, derivatives)
+        jobs = [(staging, s, modalities, voxel_size, snr, derivatives) for s in subjects]
+        if n_procs > 1 and len(jobs) > 1:
+            # "spawn": safe even when the caller has threads (torch, BLAS) running.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(n_procs, len(jobs)), mp_context=context) as pool:
+                list(pool.map(_write_subject_job, jobs))
+        else:
+            for job in jobs:
+                _write_subject_job(job)
         _replace_folder(staging, root, token)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -545,5 +556,5 @@ def render_ground_truth(
         field = _subject_field(Path(dataset_dir), subject, session)
     data = render(maps, protocol, suffix, field)
     img = nib.Nifti1Image(data, maps.affine)
-    _finish(img, maps.affine, f"tumsyn-simulate ground truth {suffix}")
+    _finish_header(img, maps.affine, f"tumsyn-simulate ground truth {suffix}")
     return img

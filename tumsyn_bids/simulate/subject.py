@@ -8,11 +8,13 @@ Each subject's anatomy is the ICBM152 template (:mod:`.anatomy`) pulled through 
   ``|d_i| <= max_displacement`` (3 mm by default) on every axis. Because every wavelength is
   at least 60 mm, each entry of the displacement's Jacobian is at most
   ``2 pi * 3 / 60 = 0.31``, so its Frobenius norm stays below 1 and ``y -> y + d(y)`` is
-  one-to-one: the warp folds nothing.
+  one-to-one: the warp folds nothing. (That guarantee needs ``max_displacement`` below about
+  3.2 mm; larger values are accepted but may fold.)
 * ``A`` and ``t``: a small random rotation (up to 4 degrees per axis), translation (up to 3 mm
   per axis) and scale. The template is larger than a typical native-space brain (about 1.9 l
   inside its brain mask), so the global scale is drawn around 0.95 for men and 0.92 for women
-  (linear; SD 0.025) with a 2 % anisotropy per axis, giving brain volumes of about 1.4-1.8 l.
+  (linear; SD 0.025) with up to 2 % anisotropy per axis, giving intracranial (brain + CSF)
+  volumes of about 1.3-1.8 l.
 
 Age and sex are demographic labels for the prompts (``participants.tsv``); apart from the head
 size they do not change the anatomy (no ageing model).
@@ -258,6 +260,10 @@ class SimulatedSubject:
             levels = quantize_fractions(continuous)
             self._cache[key] = (levels, dequantize_fractions(levels, affine))
         return self._cache[key][0]
+
+    def clear_cache(self) -> None:
+        """Forget the tissue maps computed so far (they are recomputed on demand)."""
+        self._cache.clear()
 
     def tissue_maps(self, voxel_size: float) -> TissueMaps:
         """The warped anatomy (GM, WM, CSF fractions) all this subject's scans are rendered from."""
