@@ -536,3 +536,20 @@ def test_dataclasses_are_frozen_and_comparable():
     with pytest.raises(AttributeError):
         Demographics().age = 3  # type: ignore[misc]
     assert protocol_from_sidecar(HCPD_T1W) == Protocol(2.5, 0.0022, 1.0, 8.0, 3.0, "Siemens")
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        ({"MRAcquisitionType": "3D", "SequenceName": "*spc_314ns"}, "T2var"),  # Siemens SPACE
+        ({"MRAcquisitionType": "3D", "PulseSequenceDetails": "%SiemensSeq%_tse_vfl"}, "T2var"),
+        ({"MRAcquisitionType": "3D", "PulseSequenceType": "CUBE"}, "T2var"),
+        ({"MRAcquisitionType": "2D", "SequenceName": "*tse2d1_15"}, 120.0),  # 2-D TSE: a number
+        ({"MRAcquisitionType": "3D", "SequenceName": "*tfl3d1_16ns"}, 120.0),  # MPRAGE-like
+        ({"SequenceName": "*spc_314ns"}, 120.0),  # acquisition type unknown: keep the number
+    ],
+)
+def test_variable_flip_angle_tse_is_written_t2var(extra, expected):
+    protocol = protocol_from_sidecar({"RepetitionTime": 3.2, "FlipAngle": 120, **extra})
+    assert protocol.flip_angle == expected
+    assert build_prompt("T2w", protocol).endswith(f"(3200.0, None, None, {expected})")

@@ -399,6 +399,25 @@ def _coerce_voxel_size(value: Any) -> tuple[float, float, float] | None:
     return sizes  # type: ignore[return-value]
 
 
+#: The authors' word for the flip angle of variable-flip-angle 3-D turbo spin echo.
+T2VAR = "T2var"
+#: Names of such sequences as vendors and dcm2niix write them (Siemens SPACE: ``*spc_...``,
+#: ``%SiemensSeq%_tse_vfl``; GE CUBE; Philips VISTA), matched case-insensitively.
+_VARIABLE_FLIP = re.compile(r"space|cube|vista|spc|tse_vfl", re.IGNORECASE)
+_SEQUENCE_FIELDS = ("PulseSequenceType", "SequenceName", "PulseSequenceDetails")
+
+
+def is_variable_flip_tse(metadata: Mapping[str, Any]) -> bool:
+    """Whether a sidecar describes a 3-D variable-flip-angle TSE (SPACE, CUBE, VISTA).
+
+    Such scans have no single flip angle: ``FlipAngle`` holds a nominal refocusing angle (e.g.
+    120) while the authors' prompts, e.g. for the HCP T2w SPACE, say ``T2var``.
+    """
+    if str(metadata.get("MRAcquisitionType", "")).strip().upper() != "3D":
+        return False
+    return any(_VARIABLE_FLIP.search(str(metadata.get(k) or "")) for k in _SEQUENCE_FIELDS)
+
+
 def protocol_from_sidecar(
     metadata: Mapping[str, Any], voxel_size: Sequence[float] | None = None
 ) -> Protocol:
@@ -406,13 +425,16 @@ def protocol_from_sidecar(
 
     Only the fields the prompt needs are read (``RepetitionTime``, ``EchoTime``,
     ``InversionTime``, ``FlipAngle``, ``MagneticFieldStrength``, ``Manufacturer``); a missing
-    field is None. The voxel size is not a sidecar field: the caller passes the image's zooms.
+    field is None. The flip angle of a variable-flip-angle 3-D TSE is the word ``T2var``
+    (:func:`is_variable_flip_tse`). The voxel size is not a sidecar field: the caller passes
+    the image's zooms.
     """
+    flip = T2VAR if is_variable_flip_tse(metadata) else metadata.get("FlipAngle")
     return Protocol(
         repetition_time=metadata.get("RepetitionTime"),
         echo_time=metadata.get("EchoTime"),
         inversion_time=metadata.get("InversionTime"),
-        flip_angle=metadata.get("FlipAngle"),
+        flip_angle=flip,
         magnetic_field_strength=metadata.get("MagneticFieldStrength"),
         manufacturer=metadata.get("Manufacturer"),
         voxel_size=None if voxel_size is None else tuple(voxel_size),

@@ -38,7 +38,7 @@ from .dataset import (
     subject_labels,
     write_simulated_dataset,
 )
-from .protocols import ScanProtocol, sample_protocol, scan_protocol
+from .protocols import ScanProtocol, sample_protocol
 from .signal import (
     SIGNAL_SCALE,
     SUFFIXES,
@@ -76,7 +76,6 @@ __all__ = [
     "render",
     "render_ground_truth",
     "sample_protocol",
-    "scan_protocol",
     "sequence_for",
     "simulated_scans",
     "spin_echo",

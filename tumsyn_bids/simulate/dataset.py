@@ -43,7 +43,7 @@ import numpy as np
 
 from .. import __version__
 from ..bids.derivatives import atomic_save_nifti, atomic_write_json, atomic_write_text
-from ..prompts import Protocol
+from ..prompts import Protocol, protocol_from_sidecar
 from .anatomy import (
     FRACTION_LEVELS,
     TEMPLATE_NAME,
@@ -52,7 +52,7 @@ from .anatomy import (
     TissueMaps,
     dequantize_fractions,
 )
-from .protocols import sample_protocol, scan_protocol
+from .protocols import sample_protocol
 from .signal import SUFFIXES, render
 from .subject import SimulatedSubject, _finish_header, draw_subject
 from .tissues import TISSUES
@@ -480,7 +480,7 @@ def simulated_scans(dataset_dir: str | os.PathLike[str]) -> list[SimulatedScan]:
                 session=match.group(2),
                 suffix=match.group(3),
                 path=path,
-                protocol=scan_protocol(sidecar, zooms),
+                protocol=protocol_from_sidecar(sidecar, zooms),
             )
         )
     return scans
@@ -544,12 +544,12 @@ def render_ground_truth(
     """The noise-free, bias-free ``suffix`` image of ``protocol`` for a simulated subject.
 
     ``protocol`` is a :class:`~tumsyn_bids.prompts.Protocol` or a BIDS sidecar dictionary
-    (read with :func:`.protocols.scan_protocol`, so simulated T2var sidecars work). Its
+    (read with :func:`tumsyn_bids.prompts.protocol_from_sidecar`). Its
     ``MagneticFieldStrength`` is used when given, otherwise the field of the subject's scans.
     The image is float32 in the scans' units, on exactly the scans' grid (same affine).
     """
     if isinstance(protocol, Mapping):
-        protocol = scan_protocol(protocol)
+        protocol = protocol_from_sidecar(protocol)
     maps = load_tissue_maps(dataset_dir, subject, session)
     field = protocol.magnetic_field_strength
     if field is None:

@@ -30,9 +30,9 @@ angle 3-D TSE (SPACE, CUBE, VISTA) as the word ``"T2var"``, but BIDS requires ``
 be a number. The sidecar therefore holds the nominal refocusing angle, ``"FlipAngle": 120`` (as
 dcm2niix writes for SPACE), with ``"MRAcquisitionType": "3D"`` and the vendor's sequence name in
 ``"PulseSequenceType"`` (``SPACE``, ``CUBE`` or ``VISTA``), all validator-clean standard fields.
-:func:`scan_protocol` turns such a sidecar back into the protocol with ``flip_angle="T2var"``;
-use it (not :func:`tumsyn_bids.prompts.protocol_from_sidecar` alone) to read a simulated scan's
-exact protocol.
+:func:`tumsyn_bids.prompts.protocol_from_sidecar` reads such a sidecar back as
+``flip_angle="T2var"``, as it does for real SPACE/CUBE/VISTA scans, so the BIDS App, the
+training commands and the ground truth all see the exact protocol that was simulated.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
-from ..prompts import Protocol, protocol_from_sidecar
+from ..prompts import Protocol
 from .signal import SUFFIXES, T2VAR
 from .tissues import tissue_parameters
 
@@ -58,7 +58,6 @@ __all__ = [
     "csf_null_inversion_time",
     "default_protocols",
     "sample_protocol",
-    "scan_protocol",
 ]
 
 #: Share of scans that use the built-in target protocol of their suffix exactly.
@@ -224,18 +223,3 @@ def sample_protocol(
     else:
         sidecar["FlipAngle"] = flip
     return ScanProtocol(suffix=suffix, protocol=protocol, family=family, sidecar=sidecar)
-
-
-def scan_protocol(sidecar: Mapping[str, Any], voxel_size: Any = None) -> Protocol:
-    """The exact protocol of a simulated scan, from its sidecar.
-
-    :func:`tumsyn_bids.prompts.protocol_from_sidecar`, except that a 3-D scan whose
-    ``PulseSequenceType`` is a variable-flip-angle TSE (:data:`VARIABLE_FLIP_SEQUENCES`) gets
-    ``flip_angle="T2var"``, the word the signal model and the authors' prompts use.
-    """
-    protocol = protocol_from_sidecar(sidecar, voxel_size)
-    sequence = str(sidecar.get("PulseSequenceType", "")).strip().upper()
-    variable = {name.upper() for name in VARIABLE_FLIP_SEQUENCES.values()}
-    if sequence in variable and sidecar.get("MRAcquisitionType") == "3D":
-        protocol = replace(protocol, flip_angle=T2VAR)
-    return protocol

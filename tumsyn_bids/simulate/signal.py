@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..prompts import Protocol
+from ..prompts import T2VAR, Protocol
 from .tissues import TISSUES, TissueParameters, tissue_parameters
 
 if TYPE_CHECKING:
@@ -69,8 +69,6 @@ SIGNAL_SCALE = 1000.0
 #: The BIDS suffixes the simulator can render.
 SUFFIXES: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw", "T2starw")
 
-#: The authors' FlipAngle word for variable-flip-angle 3-D TSE.
-T2VAR = "T2var"
 
 #: Effective TE of a variable-flip-angle 3-D TSE, as a fraction of its nominal TE.
 T2VAR_TE_FACTOR = 0.2
