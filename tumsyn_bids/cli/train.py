@@ -59,10 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s1 = sub.add_parser("text-encoder", help="stage 1: contrastive text encoder")
     _common(s1, lr=5e-4, batch_size=16)
-    g = s1.add_argument_group("model and schedule (defaults: the paper's)")
-    g.add_argument("--image-size", type=int, default=128, help="cube side after pad/crop")
+    g = s1.add_argument_group("model and schedule (defaults: the published checkpoint's)")
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=120,
+        help="cube side after pad/crop (the published tower: 120)",
+    )
     g.add_argument("--vision-layers", type=int, nargs=4, default=[3, 4, 6, 3], metavar="N")
-    g.add_argument("--vision-width", type=int, default=128)
+    g.add_argument("--vision-width", type=int, default=256)
     g.add_argument("--embed-dim", type=int, default=768)
     g.add_argument("--text-width", type=int, default=512)
     g.add_argument("--text-layers", type=int, default=8)

@@ -49,9 +49,11 @@ class TextEncoderTrainingConfig(CommonConfig):
     #: Fraction of all steps spent warming the learning rate up (the authors use 20 %).
     warmup_fraction: float = 0.2
     #: Images are centre padded/cropped to this cube (voxels) after percentile normalisation.
-    image_size: int = 128
+    #: The defaults are the sizes of the published checkpoint_CLIP.pt (a 120-voxel cube, image
+    #: tower width 256); the paper's text and the authors' training yaml say 128 and 128.
+    image_size: int = 120
     vision_layers: tuple[int, int, int, int] = (3, 4, 6, 3)
-    vision_width: int = 128
+    vision_width: int = 256
     embed_dim: int = 768
     text_width: int = 512
     text_layers: int = 8
