@@ -47,7 +47,9 @@ def build_sidecars(
         Path(model.text_encoder).name,
         file_sha256(model.text_encoder),
         text_heads=int(heads or model.heads),
-        name=recorded.get("model_name"),
+        # Files written by tumsyn-train record their settings; unnamed ones are not the
+        # published weights either, so they must not be credited to Zenodo's record.
+        name=recorded.get("model_name") or ("TUMSyn (tumsyn-train)" if recorded else None),
         intended_use=recorded.get("intended_use"),
     )
     versions = software_versions()
