@@ -5,14 +5,16 @@
 #
 #   bash scripts/train-demo-model.sh [WORK_DIR]      # needs the package installed (.venv)
 #
-# Environment: SEED (default 0) offsets every seed; DEVICE (auto|cpu|cuda); NPROC (>1 runs both
-# stages under torchrun with that many processes).
+# Environment: SEED (default 0) offsets every seed; DEVICE (auto|cpu|cuda); WORKERS (data-loader
+# processes for stage 2, default 0); NPROC (>1 runs both stages under torchrun with that many
+# processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-work/demo-model}
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-auto}
 NPROC=${NPROC:-1}
+WORKERS=${WORKERS:-0}
 DEST=tumsyn_bids/data/demo_model
 mkdir -p "$WORK"
 
@@ -42,10 +44,11 @@ train text-encoder "$WORK/train" "$WORK/stage1" --val-participant-label $VAL \
 # 3. Stage 2: synthesis network (text encoder frozen), the authors' patch sampling.
 train synthesis "$WORK/train" "$WORK/stage2" --text-encoder "$WORK/stage1/text_encoder.pt" \
     --val-participant-label $VAL \
-    --n-resblocks 4 --n-feats 32 --res-scale 1.0 --decoder-hidden 256 256 128 \
-    --lr-size 20 --sample-q 4000 --scale-min 1 --scale-max 3 --patches-per-pair 2 \
-    --batch-size 8 --lr 1e-3 --epochs ${STAGE2_EPOCHS:-30} --milestones 15 22 27 --gamma 0.5 \
-    --epoch-val 3 --epoch-save 10 --seed $((2 + SEED)) --device "$DEVICE" --log-every 10 --quiet
+    --n-resblocks 3 --n-feats 16 --res-scale 1.0 --decoder-hidden 128 128 64 \
+    --lr-size 20 --sample-q 8000 --scale-min 1 --scale-max 3 --patches-per-pair 4 \
+    --batch-size 8 --lr 1e-3 --epochs ${STAGE2_EPOCHS:-80} --milestones 40 60 70 --gamma 0.5 \
+    --epoch-val 5 --epoch-save 20 --seed $((2 + SEED)) --device "$DEVICE" --workers "$WORKERS" \
+    --log-every 20 --quiet
 
 # 4. Ship: weights only, float16, with name and intended use recorded in the files.
 tumsyn-train export "$DEST" --text-encoder "$WORK/stage1/text_encoder.pt" \
