@@ -127,3 +127,17 @@ def test_errors_are_one_line_with_exit_code(tmp_path, case, code, message):
     assert message in lines[0]
     assert "Traceback" not in res.stderr
     assert not out.exists()
+
+
+def test_without_weights_the_bundled_demo_model_runs_and_says_so(tmp_path):
+    import os
+
+    out = tmp_path / "t2.nii.gz"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUMSYN_")}
+    res = _run(
+        SMALL / "input_T1w.nii.gz", out, "--prompt", "Age: 30; Modality: T2w", "--patch-size", 20,
+        env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "bundled demo model" in res.stderr and "not for research" in res.stderr.lower()
+    assert nib.load(out).shape == nib.load(SMALL / "input_T1w.nii.gz").shape

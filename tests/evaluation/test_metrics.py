@@ -7,7 +7,6 @@ import pytest
 
 from tumsyn_bids.evaluation.metrics import (
     histogram_match,
-    normalise_in_mask,
     psnr,
     ssim,
     tissue_ratio,
@@ -34,19 +33,6 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise():
     # two equal constant images: zero variance and equal means give exactly 1
     flat = np.full(img.shape, 0.3)
     assert ssim(flat, flat, mask) == pytest.approx(1.0)
-
-
-def test_normalise_in_mask_maps_percentiles_and_zeroes_outside():
-    img = np.arange(1000, dtype=float).reshape(10, 10, 10)
-    mask = np.zeros(img.shape, bool)
-    mask[2:8] = True  # values 200..799
-    out = normalise_in_mask(img, mask)
-    assert out[~mask].max() == 0
-    lo, hi = np.percentile(img[mask], [0.01, 99.9])
-    assert out[5, 0, 0] == pytest.approx((500 - lo) / (hi - lo))
-    assert out[mask].min() == 0 and out[mask].max() == 1
-    with pytest.raises(ValueError, match="constant"):
-        normalise_in_mask(np.ones((3, 3, 3)), np.ones((3, 3, 3), bool))
 
 
 def test_histogram_match_takes_the_reference_distribution_but_keeps_order():

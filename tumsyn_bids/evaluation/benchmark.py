@@ -3,7 +3,9 @@
 For every subject that has both images of a task (e.g. a T1w and a T2w), the model synthesizes
 the target from the source with the target scan's own protocol in the prompt, built exactly as
 the BIDS App builds it. The simulator renders that protocol's noise-free, bias-free image from
-the subject's tissue maps: the ground truth. Two baselines are scored the same way:
+the subject's tissue maps: the ground truth. Every image is put through TUMSyn's percentile
+normalisation (the space the model predicts in) and scored inside the brain mask. Two baselines
+are scored the same way:
 
 * ``source``: the normalised source image itself (what you get by doing nothing);
 * ``histmatch``: the source histogram-matched to the ground truth inside the brain mask. It
@@ -26,11 +28,11 @@ import numpy as np
 import pandas as pd
 
 from ..bids.layout import ScanRecord, index_anatomical
-from ..model.inference import PatchSettings, Synthesizer
+from ..model.inference import PatchSettings, Synthesizer, percentile_normalise
 from ..model.volume import load_volume
 from ..prompts import Protocol, target_prompt
 from ..simulate import brain_mask, load_tissue_maps, render_ground_truth
-from .metrics import histogram_match, normalise_in_mask, psnr, ssim, tissue_ratio
+from .metrics import histogram_match, psnr, ssim, tissue_ratio
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ def evaluate(
             truth_img = render_ground_truth(
                 dataset_dir, subject, target.protocol, task.target, session
             )
-            truth = normalise_in_mask(np.asarray(truth_img.dataobj), mask)
+            truth = percentile_normalise(np.asarray(truth_img.dataobj))
             src = np.asarray(nib.load(source.path).dataobj, dtype=np.float64)
             prompt = _prompt(source, task.target, target.protocol)
             predicted = _synthesize(synth, source, prompt, settings)
@@ -118,7 +120,7 @@ def evaluate(
                 "histmatch": histogram_match(src, truth, mask),
             }
             for method, image in candidates.items():
-                norm = normalise_in_mask(image, mask)
+                norm = percentile_normalise(image)
                 rows.append(
                     {
                         "subject": subject,

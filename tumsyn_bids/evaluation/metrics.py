@@ -1,9 +1,9 @@
-"""Image-similarity scores inside a brain mask, and the two baselines a model must beat.
+"""Image-similarity scores inside a brain mask, and the baseline a model must beat.
 
-Every image compared (the prediction, each baseline and the ground truth) is first put on the
-same footing: intensities rescaled so that the 0.01th and 99.9th percentiles *inside the mask*
-map to 0 and 1, then clipped, the way TUMSyn normalises its inputs. MR intensities have no
-absolute unit, so only contrast can be compared; PSNR then uses a peak of 1.
+MR intensities have no absolute unit, so images are compared after TUMSyn's own normalisation
+(:func:`tumsyn_bids.model.percentile_normalise`: the whole volume's 0.01th-99.9th percentiles
+mapped to [0, 1]), the space the model is trained to predict; PSNR then uses a peak of 1. The
+callers normalise; the functions here only score.
 
 SSIM is the usual one (Wang et al. 2004) with a Gaussian window (sigma 1.5 voxels) in 3-D, K1 =
 0.01, K2 = 0.03, averaged over the mask.
@@ -13,20 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
-
-P_LOW, P_HIGH = 0.01, 99.9
-
-
-def normalise_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Map the mask's 0.01-99.9th percentiles to [0, 1] and clip; zero outside the mask."""
-    img = np.asarray(image, dtype=np.float64)
-    m = np.asarray(mask, dtype=bool)
-    lo, hi = np.percentile(img[m], [P_LOW, P_HIGH])
-    if not hi > lo:
-        raise ValueError("the image is constant inside the mask; nothing to compare")
-    out = np.clip((img - lo) / (hi - lo), 0.0, 1.0)
-    out[~m] = 0.0
-    return out
 
 
 def psnr(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
