@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install tumsyn-bids into ./.venv, write the bundled example BIDS dataset and run the BIDS App on
-# it (participant level, CPU). Until the demo model ships (issue 4), the model is the small
-# random-weight reference checkpoint pair from tests/data: the pipeline, derivatives and
-# provenance are real, the synthesized intensities are not meaningful.
+# Install tumsyn-bids into ./.venv, simulate a small multi-contrast BIDS dataset (two phantom
+# subjects with a T1w and a T2w each, 2 mm) and run the BIDS App on it with the bundled demo model
+# (participant level, CPU): it synthesizes each subject's missing FLAIR from its T1w and writes
+# validator-clean derivatives. The demo model is trained on simulated phantoms only: it shows the
+# pipeline working end to end; it is not for real data (see README, "The bundled demo model").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -12,9 +13,7 @@ PYTHON=${PYTHON:-python3}
 python -m pip install --quiet -c requirements-pins.txt torch
 python -m pip install --quiet -c requirements-pins.txt -e .
 OUT=${1:-demo}
-tumsyn-example-data "$OUT/bids" --force
-MODEL=tests/data/tumsyn-reference-small
-tumsyn "$OUT/bids" "$OUT/derivatives" participant -w "$OUT/work" \
-    --checkpoint "$MODEL/synthesis.pth" --text-encoder "$MODEL/text_encoder.pt" --text-heads 2 \
-    --patch-size 20 --target missing
+[ -d "$OUT/bids" ] || tumsyn-simulate "$OUT/bids" --subjects 2 --modalities T1w T2w \
+    --voxel-size 2 --seed 7 --first-subject 901
+tumsyn "$OUT/bids" "$OUT/derivatives" participant -w "$OUT/work" --source T1w --target FLAIR
 echo "outputs in $OUT/derivatives"
