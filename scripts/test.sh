@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# Headless Chromium for the report rendering test (tests/cli/test_reports.py), which skips
+# without it. Debian's package installs in about 35 s (113 MB); best effort, root + apt only,
+# TUMSYN_NO_CHROMIUM=1 opts out.
+if [ -z "${TUMSYN_NO_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
+    && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1 \
+        || echo "chromium not installed: the browser test will be skipped" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi

@@ -18,11 +18,13 @@ import pandas as pd
 from . import __version__
 from .bids.derivatives import (
     atomic_write_json,
+    atomic_write_text,
     detect_container,
     inference_record,
     is_finished,
     model_record,
     software_versions,
+    subject_log_dir,
     synthesis_sidecar,
     write_citation,
     write_dataset_description,
@@ -33,6 +35,70 @@ from .plan import write_plan_tsv
 from .workflows import ModelSpec, init_tumsyn_wf
 
 LOGGER = logging.getLogger("tumsyn_bids.pipeline")
+
+#: Columns of ``sub-XX/log/jobs.tsv``, the per-participant record of every job's last outcome
+#: (the reports read it; ``logs/prompts.tsv`` only holds the latest run's selection).
+JOB_COLUMNS = ("output", "source", "target_suffix", "status", "message", "seconds", "finished_at")
+
+
+def job_runtimes(work_dir: Path) -> dict[str, dict[str, Any]]:
+    """Compute time of every job nipype ran under ``work_dir``, keyed by output path.
+
+    Each job ends in a sink node whose inputs name the output; the job's time is the sum of
+    its nodes' durations (queueing excluded), read from nipype's own result files. Jobs served
+    from nipype's cache keep the time of the run that computed them.
+    """
+    from nipype.utils.filemanip import loadpkl
+
+    times: dict[str, dict[str, Any]] = {}
+    for sink in sorted(Path(work_dir).glob("tumsyn_wf/*/*/ds_synthesized/result_*.pklz")):
+        try:
+            relpath = loadpkl(sink).inputs["relpath"]
+            results = [loadpkl(f) for f in sink.parents[1].glob("*/result_*.pklz")]
+            seconds = sum(float(r.runtime.duration) for r in results)
+            finished = max(str(r.runtime.endTime) for r in results)
+        except Exception as exc:  # an unreadable or partial result file must not fail the run
+            LOGGER.debug("no run time from %s: %s", sink, exc)
+            continue
+        times[relpath] = {"seconds": round(seconds, 2), "finished_at": finished}
+    return times
+
+
+def write_job_records(final: pd.DataFrame, output_dir: Path, work_dir: Path) -> list[Path]:
+    """Merge this run's job outcomes into each participant's ``sub-XX/log/jobs.tsv``.
+
+    One file per participant, so participant-level runs launched in parallel for different
+    participants never write the same file. Rows of outputs this run did not touch (another
+    session, another target) are kept; outputs found finished at planning time keep their
+    earlier record.
+    """
+    times = job_runtimes(work_dir)
+    written = []
+    for subject, rows in final.groupby("subject", sort=True):
+        path = subject_log_dir(output_dir, subject) / "jobs.tsv"
+        old = pd.DataFrame(columns=list(JOB_COLUMNS))
+        if path.is_file():
+            old = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        new = []
+        for row in rows.itertuples(index=False):
+            key = row.output if isinstance(row.output, str) and row.output else row.source
+            if row.status == "done" and key in set(old["output"]) and key not in times:
+                continue
+            record = {c: "" for c in JOB_COLUMNS}
+            record.update(
+                output=key,
+                source=row.source,
+                target_suffix=row.target_suffix or "",
+                status=row.status,
+                message=row.message or "",
+                **{k: str(v) for k, v in times.get(key, {}).items()},
+            )
+            new.append(record)
+        keep = old[~old["output"].isin([r["output"] for r in new])]
+        merged = pd.concat([keep, pd.DataFrame(new, columns=list(JOB_COLUMNS))])
+        merged = merged.sort_values("output")[list(JOB_COLUMNS)]
+        written.append(atomic_write_text(path, merged.to_csv(sep="\t", index=False)))
+    return written
 
 
 def build_sidecars(
@@ -131,6 +197,7 @@ def execute_plan(
             final.at[i, "status"] = "failed"
             final.at[i, "message"] = f"{row['output']}: synthesis failed (see crash files)"
     write_plan_tsv(final, output_dir)
+    write_job_records(final, output_dir, work_dir)
     atomic_write_json(
         output_dir / "logs" / "runtime.json",
         {

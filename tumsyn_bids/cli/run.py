@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-on-first-crash", action="store_true")
     r.add_argument("--write-graph", action="store_true")
     r.add_argument("--overwrite", action="store_true", help="redo finished outputs")
+    r.add_argument(
+        "--reports-only",
+        action="store_true",
+        help="participant level: rebuild the HTML reports (sub-XX.html) from the existing "
+        "derivatives without running the model",
+    )
     r.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -276,6 +282,8 @@ def run_participant(args: argparse.Namespace) -> int:
         raise CLIError(errors.EX_NOINPUT, str(exc)) from None
     except PlanError as exc:
         raise CLIError(errors.EX_USAGE, str(exc)) from None
+    if args.reports_only:
+        return write_reports(args, sorted(set(plan["subject"])))
     if plan.empty:
         raise CLIError(
             errors.EX_NOINPUT,
@@ -286,7 +294,51 @@ def run_participant(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_plan(plan)
         return errors.EX_OK
-    return run_plan(plan, args)
+    code = run_plan(plan, args)
+    write_reports(args, sorted(set(plan["subject"])))
+    return code
+
+
+def write_reports(args: argparse.Namespace, subjects: list[str]) -> int:
+    """Write ``sub-XX.html`` for ``subjects`` from what the output folder holds.
+
+    A report that cannot be written is logged, never turned into a failed run: the images are
+    the product, the report is a view of them.
+    """
+    from ..reports import build_subject_report
+
+    if not subjects:
+        raise CLIError(errors.EX_NOINPUT, f"no participant selected in {args.bids_dir}")
+    for subject in subjects:
+        try:
+            path = build_subject_report(args.output_dir, subject, args.bids_dir)
+        except Exception as exc:  # noqa: BLE001 - reported, the run's outcome stands
+            LOGGER.error("report of sub-%s failed: %s", subject, exc)
+            continue
+        LOGGER.info("report: %s", path)
+    return errors.EX_OK
+
+
+def run_group(args: argparse.Namespace) -> int:
+    """Group level: ``group_synthesis.tsv`` and ``group.html`` over every participant's outputs."""
+    from ..reports import build_group_report, list_subjects
+
+    if not list_subjects(args.output_dir):
+        raise CLIError(
+            errors.EX_NOINPUT,
+            f"{args.output_dir} holds no participant outputs; run the participant level first",
+        )
+    summary = build_group_report(args.output_dir, args.bids_dir)
+    table = summary["table"]
+    LOGGER.info("group: %s (%d rows), %s", summary["tsv"], len(table), summary["html"])
+    if summary["missing"]:
+        LOGGER.warning(
+            "participants without outputs: %s", ", ".join(f"sub-{m}" for m in summary["missing"])
+        )
+    outliers = table.loc[table["outlier"].eq("yes"), "output"] if len(table) else []
+    for output in outliers:
+        LOGGER.warning("intensity outlier: %s", output)
+    return errors.EX_OK
 
 
 def resolve_weights(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -400,9 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CLIError(errors.EX_USAGE, "--overlap must be in [0, 1)")
         check_paths(args)
         if args.analysis_level == "group":
-            LOGGER.info("group level: nothing to aggregate yet (per-participant outputs only)")
-            return errors.EX_OK
-        code = run_participant(args)
+            code = run_group(args)
+        else:
+            code = run_participant(args)
     except CLIError as exc:
         print(f"tumsyn: error: {exc}", file=sys.stderr)
         return exc.code

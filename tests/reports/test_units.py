@@ -1,0 +1,70 @@
+"""Report building blocks on small synthetic images: masks, windows, figures, outlier flags."""
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from tumsyn_bids.reports.figures import compare_figure
+from tumsyn_bids.reports.group import flag_outliers, intensity_stats, robust_z
+from tumsyn_bids.reports.masks import brain_mask, otsu_threshold, robust_window
+
+
+def _ball(shape=(24, 28, 20), value=100.0, zoom=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).astype(float)
+    centre = (np.array(shape) - 1)[:, None, None, None] / 2
+    r = np.sqrt((((grid - centre) / (np.array(shape)[:, None, None, None] / 3)) ** 2).sum(0))
+    data = np.where(r < 1, value, 0.0) + rng.normal(0, 1, shape)
+    return nib.Nifti1Image(data.astype(np.float32), np.diag([zoom, zoom, zoom, 1.0]))
+
+
+def test_otsu_separates_two_classes():
+    values = np.concatenate([np.full(500, 10.0), np.full(300, 90.0)])
+    assert 10 <= otsu_threshold(values) < 90
+    mask = brain_mask(np.asarray(_ball().dataobj))
+    assert 0.05 < mask.mean() < 0.5
+
+
+def test_robust_window_ignores_hot_voxels():
+    data = np.full((10, 10, 10), 50.0)
+    data[0, 0, 0] = 1e6
+    data += np.linspace(0, 1, 1000).reshape(data.shape)
+    low, high = robust_window(data)
+    assert high < 100 and low >= 50
+
+
+def test_compare_figure_on_different_grids(tmp_path):
+    """A source and an output on a finer grid: one PNG with visible content."""
+    from matplotlib.image import imread
+
+    src, out = tmp_path / "src.nii.gz", tmp_path / "out.nii.gz"
+    nib.save(_ball(), src)
+    nib.save(_ball((48, 56, 40), value=30, zoom=0.5), out)
+    png = compare_figure(src, out, tmp_path / "fig" / "x_compare.png")
+    pixels = imread(png)
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 300
+    assert pixels[..., :3].std() > 0.05  # slices drawn, not a blank canvas
+    stats = intensity_stats(src, out)  # mask resampled to the finer grid
+    assert stats["mask_voxels"] > 1000 and 25 < stats["median"] < 35
+
+
+def test_robust_z_and_outlier_flag():
+    values = pd.Series([1.0, 1.1, 0.9, 1.05, 0.95, 5.0])
+    z = robust_z(values)
+    assert abs(z.iloc[-1]) > 3.5 and (z.iloc[:-1].abs() < 3.5).all()
+    frame = pd.DataFrame(
+        {
+            "target_suffix": ["T2w"] * 6 + ["FLAIR"] * 2,
+            "status": ["done"] * 8,
+            **{c: list(values) + [1.0, 9.0] for c in ("mean", "std", "p01", "median", "p99")},
+        }
+    )
+    flagged = flag_outliers(frame)
+    assert list(flagged["outlier"]) == ["no"] * 5 + ["yes"] + ["n/a"] * 2  # FLAIR: too few
+
+
+@pytest.mark.parametrize("values", [[2.0, 2.0, 2.0], [2.0, 2.0, 2.0, 3.0]])
+def test_robust_z_with_zero_mad(values):
+    z = robust_z(pd.Series(values))
+    assert (z.iloc[:3] == 0).all()

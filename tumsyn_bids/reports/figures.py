@@ -1,0 +1,129 @@
+"""Source-versus-synthesized comparison figures (matplotlib, Agg backend).
+
+One PNG per synthesized image: for each of the three orthogonal views a row of slices of the
+source above the same slices of the synthesized image. Slice positions are chosen in world
+(scanner) coordinates from the extent of the source's head mask, so both rows show the same
+anatomy even when the output was written on another grid (``--output-resolution``). Each image
+gets its own robust window (1st-99.5th percentile inside its head) because the two contrasts
+have unrelated intensity scales. Images are shown in RAS orientation: anterior to the right in
+sagittal views, and the subject's right on the right in coronal and axial views (neurological
+convention).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .masks import brain_mask, robust_window
+
+#: Views as (name, RAS axis the slices cut).
+VIEWS = (("sagittal", 0), ("coronal", 1), ("axial", 2))
+N_SLICES = 5
+
+
+def use_agg() -> None:
+    """Select matplotlib's file-only backend, with a writable config folder.
+
+    Containers often run with a read-only or missing HOME, where matplotlib would warn and
+    rebuild its font cache on every call; a private temporary folder avoids both.
+    """
+    if not os.environ.get("MPLCONFIGDIR"):
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="tumsyn-mpl-")
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+
+
+class _Volume:
+    """A 3D image in RAS+ voxel order, with what slicing needs."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        img = nib.as_closest_canonical(nib.load(os.fspath(path)))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        while data.ndim > 3:
+            data = data[..., 0]
+        self.data = np.nan_to_num(data)
+        self.affine = img.affine
+        self.zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+        self.mask = brain_mask(self.data)
+        self.window = robust_window(self.data, self.mask)
+
+    def index_of(self, world: np.ndarray, axis: int) -> int:
+        """Voxel index along ``axis`` of the slice through the world point ``world``."""
+        ijk = np.linalg.inv(self.affine) @ np.append(world, 1.0)
+        return int(np.clip(np.rint(ijk[axis]), 0, self.data.shape[axis] - 1))
+
+    def slice(self, axis: int, index: int) -> tuple[np.ndarray, float]:
+        """The 2D slice (rows = superior/anterior up after ``origin='lower'``) and its aspect."""
+        plane = np.take(self.data, index, axis=axis).T
+        shown = [a for a in range(3) if a != axis]
+        return plane, float(self.zooms[shown[1]] / self.zooms[shown[0]])
+
+
+def slice_positions(volume: _Volume, n: int = N_SLICES) -> dict[int, list[np.ndarray]]:
+    """World points, per RAS axis, of ``n`` slices evenly spread over the head (10-90 %)."""
+    ijk = np.argwhere(volume.mask)
+    if ijk.size == 0:
+        ijk = np.argwhere(np.ones(volume.data.shape, bool))
+    world = nib.affines.apply_affine(volume.affine, ijk)
+    low, high = world.min(axis=0), world.max(axis=0)
+    centre = (low + high) / 2
+    points: dict[int, list[np.ndarray]] = {}
+    for axis in range(3):
+        span = high[axis] - low[axis]
+        coords = np.linspace(low[axis] + 0.1 * span, high[axis] - 0.1 * span, n)
+        points[axis] = []
+        for c in coords:
+            p = centre.copy()
+            p[axis] = c
+            points[axis].append(p)
+    return points
+
+
+def compare_figure(
+    source_file: str | os.PathLike[str],
+    synthesized_file: str | os.PathLike[str],
+    out_file: str | os.PathLike[str],
+    *,
+    source_label: str = "source",
+    synthesized_label: str = "synthesized",
+    n_slices: int = N_SLICES,
+    dpi: int = 72,
+) -> Path:
+    """Write the comparison PNG of one synthesized image; return its path."""
+    use_agg()
+    from matplotlib.figure import Figure
+
+    source = _Volume(source_file)
+    synth = _Volume(synthesized_file)
+    points = slice_positions(source, n_slices)
+    rows = [(view, axis, vol, label) for view, axis in VIEWS for vol, label in
+            ((source, source_label), (synth, synthesized_label))]  # fmt: skip
+    fig = Figure(figsize=(2.0 * n_slices + 1.2, 2.0 * len(rows)), facecolor="black")
+    axes = fig.subplots(len(rows), n_slices, squeeze=False)
+    for r, (view, axis, vol, label) in enumerate(rows):
+        vmin, vmax = vol.window
+        for c, point in enumerate(points[axis]):
+            ax = axes[r][c]
+            plane, aspect = vol.slice(axis, vol.index_of(point, axis))
+            ax.imshow(plane, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", aspect=aspect,
+                      interpolation="nearest")  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if r % 2 == 0:
+                ax.set_title(f"{'xyz'[axis]}={point[axis]:.0f} mm", color="white", fontsize=9)
+        axes[r][0].set_ylabel(f"{label}\n{view}", color="white", fontsize=10)
+    fig.subplots_adjust(left=0.1, right=0.99, top=0.97, bottom=0.01, wspace=0.02, hspace=0.12)
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi, facecolor="black")
+    os.replace(tmp, out)
+    return out
