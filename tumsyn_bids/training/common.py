@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..bids.layout import index_anatomical
+from ..model.checkpoints import EXTRA_KEY, CheckpointError
 from .config import CommonConfig
 from .data import TrainingImage, training_images
 from .distributed import DistributedContext
@@ -137,3 +138,57 @@ def write_run_config(config: CommonConfig, extra: dict[str, Any] | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def checkpoint_to_continue(config: CommonConfig, name: str) -> Path:
+    """``OUT_DIR/name``: it must exist with ``--resume`` and must not without it (no run is ever
+    overwritten by starting a new one in the same folder)."""
+    path = Path(config.out_dir) / name
+    if config.resume and not path.is_file():
+        raise CheckpointError(
+            f"--resume: no {name} in {config.out_dir} to continue from; drop --resume to start "
+            "a new run"
+        )
+    if not config.resume and path.exists():
+        raise FileExistsError(
+            f"{path} exists: pass --resume to continue that run, or choose another OUT_DIR"
+        )
+    return path
+
+
+def read_resume_checkpoint(path: Path, stage: str) -> dict[str, Any]:
+    """A checkpoint of ``stage`` fully in memory (the optimiser state is updated in place)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    extra = ckpt.get(EXTRA_KEY) if isinstance(ckpt, dict) else None
+    if not isinstance(extra, dict) or extra.get("stage") != stage:
+        raise CheckpointError(f"{path}: not written by tumsyn-train {stage}; cannot resume it")
+    return ckpt
+
+
+def refuse_size_changes(path: Path, differences: list[str]) -> None:
+    if differences:
+        raise CheckpointError(
+            f"{path}: the model options differ from the run being resumed "
+            f"({'; '.join(differences)}); resume with the original options or start a new run "
+            "in another OUT_DIR"
+        )
+
+
+def warn_if_run_changed(
+    saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...], path: Path
+) -> None:
+    """A resumed run continues exactly only with the same data, batches and processes."""
+    for key in keys:
+        if key in saved and saved[key] != current[key]:
+            LOGGER.warning(
+                "resuming %s with %s=%s (the checkpoint's run had %s): the data, batch size, "
+                "sampling options or number of processes changed, so the run does not continue "
+                "exactly",
+                path,
+                key,
+                current[key],
+                saved[key],
+            )

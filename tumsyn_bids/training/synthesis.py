@@ -64,9 +64,13 @@ from ..model.text_encoder import TextEncoder
 from ..model.tokenizer import PromptTooLongError, tokenize
 from .common import (
     atomic_torch_save,
+    checkpoint_to_continue,
     progress,
+    read_resume_checkpoint,
+    refuse_size_changes,
     seed_everything,
     select_images,
+    warn_if_run_changed,
     worker_init,
     write_run_config,
 )
@@ -446,18 +450,6 @@ def _size_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     return out
 
 
-def _read_resume_checkpoint(path: Path) -> dict[str, Any]:
-    """The last checkpoint fully in memory (optimiser tensors are updated in place later)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    extra = ckpt.get(EXTRA_KEY) if isinstance(ckpt, dict) else None
-    if not isinstance(extra, dict) or extra.get("stage") != STAGE:
-        raise CheckpointError(f"{path}: not written by tumsyn-train {STAGE}; cannot resume it")
-    return ckpt
-
-
 def _resume(
     path: Path,
     network: SynthesisNetwork,
@@ -466,14 +458,9 @@ def _resume(
     meta: dict[str, Any],
 ) -> RunState:
     """Restore network, optimiser, scheduler and the run state from ``epoch-last.pth``."""
-    ckpt = _read_resume_checkpoint(path)
+    ckpt = read_resume_checkpoint(path, STAGE)
     extra = ckpt[EXTRA_KEY]
-    diffs = _size_differences(extra.get("model", {}), network.config.to_dict())
-    if diffs:
-        raise CheckpointError(
-            f"{path}: the model sizes differ from the run being resumed ({'; '.join(diffs)}); "
-            "resume with the original options or start a new run in another OUT_DIR"
-        )
+    refuse_size_changes(path, _size_differences(extra.get("model", {}), network.config.to_dict()))
     sd = {k.removeprefix("module."): v for k, v in ckpt["model_G"]["sd_G"].items()}
     network.load_state_dict(sd)
     optimizer.load_state_dict(ckpt["optimizer_G"]["sd_G"])
@@ -487,15 +474,7 @@ def _resume(
             saved_text[:12],
             meta["text_encoder"]["sha256"][:12],
         )
-    for key in ("batches_per_epoch", "sampling"):
-        if key in extra and extra[key] != meta[key]:
-            LOGGER.warning(
-                "resuming with %s=%s (the checkpoint's run had %s): the data, batch size, patch "
-                "options or number of processes changed, so the run does not continue exactly",
-                key,
-                meta[key],
-                extra[key],
-            )
+    warn_if_run_changed(extra, meta, ("batches_per_epoch", "sampling"), path)
     state = RunState(**extra["run_state"])
     state.epoch = int(ckpt["epoch"])
     return state
@@ -572,21 +551,6 @@ def _select_pairs(
             "the validation subjects have no usable modality pairs; validating on nothing"
         )
     return pairs, val_pairs
-
-
-def _checkpoint_to_continue(config: SynthesisTrainingConfig) -> Path:
-    """``epoch-last.pth``; it must exist with ``--resume`` and must not without it."""
-    last_path = Path(config.out_dir) / CHECKPOINT_LAST
-    if config.resume and not last_path.is_file():
-        raise CheckpointError(
-            f"--resume: no {CHECKPOINT_LAST} in {config.out_dir} to continue from; drop --resume "
-            "to start a new run"
-        )
-    if not config.resume and last_path.exists():
-        raise FileExistsError(
-            f"{last_path} exists: pass --resume to continue that run, or choose another OUT_DIR"
-        )
-    return last_path
 
 
 @dataclass(frozen=True)
@@ -688,7 +652,7 @@ def _train_step(
 def _train(config: SynthesisTrainingConfig, ctx: DistributedContext) -> Path:
     _check_options(config)
     out_dir = Path(config.out_dir)
-    last_path = _checkpoint_to_continue(config)
+    last_path = checkpoint_to_continue(config, CHECKPOINT_LAST)
     show = config.progress and ctx.is_main
     sampling = Sampling.from_config(config)
     data = prepare_data(config, sampling, show)

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .. import __version__
-from ..model.checkpoints import EXTRA_KEY, CheckpointError
+from ..model.checkpoints import EXTRA_KEY
 from ..model.clip import (
     ContrastiveModel,
     ImageTowerConfig,
@@ -51,11 +51,15 @@ from ..model.text_encoder import TextEncoderConfig
 from ..model.tokenizer import CONTEXT_LENGTH, PromptTooLongError, tokenize
 from .common import (
     atomic_torch_save,
+    checkpoint_to_continue,
     make_loader,
     progress,
+    read_resume_checkpoint,
+    refuse_size_changes,
     seed_everything,
     select_images,
     set_epoch,
+    warn_if_run_changed,
     write_run_config,
 )
 from .config import TextEncoderTrainingConfig
@@ -291,23 +295,6 @@ def _checkpoint(
     return payload
 
 
-def _read_resume_checkpoint(path: Path) -> dict[str, Any]:
-    """The last checkpoint, fully in memory (the optimiser state is updated in place later)."""
-    if not path.is_file():
-        raise CheckpointError(
-            f"--resume: no {CHECKPOINT_LAST} in {path.parent} to continue from; drop --resume to "
-            "start a new run"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    extra = ckpt.get(EXTRA_KEY) if isinstance(ckpt, dict) else None
-    if not isinstance(extra, dict) or extra.get("stage") != STAGE:
-        raise CheckpointError(f"{path}: not written by tumsyn-train {STAGE}; cannot resume it")
-    return ckpt
-
-
 def _size_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     out = []
     for part in ("image", "text"):
@@ -326,26 +313,13 @@ def _resume(
     run: dict[str, Any],
 ) -> int:
     """Restore model, optimiser and scheduler; the global step reached."""
-    ckpt = _read_resume_checkpoint(path)
+    ckpt = read_resume_checkpoint(path, STAGE)
     extra = ckpt[EXTRA_KEY]
-    diffs = _size_differences(extra.get("model", {}), model.sizes())
-    if diffs:
-        raise CheckpointError(
-            f"{path}: the model options differ from the run being resumed ({'; '.join(diffs)}); "
-            "resume with the original options or start a new run in another OUT_DIR"
-        )
+    refuse_size_changes(path, _size_differences(extra.get("model", {}), model.sizes()))
     model.load_state_dict(ckpt["model_state_dict"])
     optimizer.load_state_dict(ckpt["optimizer_state_dict"])
     scheduler.load_state_dict(ckpt["scheduler_state_dict"])
-    for key in ("batches_per_epoch", "total_steps"):
-        if key in extra and extra[key] != run[key]:
-            LOGGER.warning(
-                "resuming with %s=%s (the checkpoint's run had %s): the data, batch size or "
-                "number of processes changed, so epochs and the schedule do not line up exactly",
-                key,
-                run[key],
-                extra[key],
-            )
+    warn_if_run_changed(extra, run, ("batches_per_epoch", "total_steps"), path)
     return int(ckpt["global_step"])
 
 
@@ -398,11 +372,7 @@ def train_text_encoder(config: TextEncoderTrainingConfig) -> Path:
 
 def _train(config: TextEncoderTrainingConfig, ctx: DistributedContext) -> Path:
     out_dir = Path(config.out_dir)
-    last_path = out_dir / CHECKPOINT_LAST
-    if not config.resume and last_path.exists():
-        raise FileExistsError(
-            f"{last_path} exists: pass --resume to continue that run, or choose another OUT_DIR"
-        )
+    last_path = checkpoint_to_continue(config, CHECKPOINT_LAST)
     train_set, val_set, loader, global_batch = _training_data(config, ctx)
     batches_per_epoch = len(loader)
     total_steps = config.epochs * batches_per_epoch
