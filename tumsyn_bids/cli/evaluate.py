@@ -20,7 +20,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 
 from .. import __version__  # noqa: E402
 from . import errors  # noqa: E402
-from .parsing import UsageError, weights_or_demo  # noqa: E402
+from .parsing import UsageError, add_weight_arguments, weights_or_demo  # noqa: E402
 from .run import _Parser  # noqa: E402
 
 LOGGER = logging.getLogger("tumsyn_bids")
@@ -39,16 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="source:target pairs to score",
     )
     p.add_argument("--participant-label", nargs="+", metavar="LABEL")
-    p.add_argument(
-        "--checkpoint",
-        default=os.environ.get("TUMSYN_CHECKPOINT"),
-        help="synthesis weights; default $TUMSYN_CHECKPOINT, else the bundled demo model",
-    )
-    p.add_argument(
-        "--text-encoder",
-        default=os.environ.get("TUMSYN_TEXT_ENCODER"),
-        help="text encoder weights; default $TUMSYN_TEXT_ENCODER, else the bundled demo model",
-    )
+    add_weight_arguments(p)
     p.add_argument("--text-heads", type=int)
     p.add_argument("--patch-size", type=int, default=60)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,3 +41,19 @@ def weights_or_demo(checkpoint: str | None, text_encoder: str | None) -> tuple[P
             "weights are in Zenodo record 13119176"
         )
     return Path(checkpoint).resolve(), Path(text_encoder).resolve()
+
+
+def add_weight_arguments(parser) -> None:
+    """``--checkpoint``/``--text-encoder`` with the same defaults in every command."""
+    parser.add_argument(
+        "--checkpoint",
+        default=os.environ.get("TUMSYN_CHECKPOINT"),
+        help="synthesis weights (checkpoint.pth); default $TUMSYN_CHECKPOINT, else the bundled "
+        "demo model (trained on phantoms; not for research use)",
+    )
+    parser.add_argument(
+        "--text-encoder",
+        default=os.environ.get("TUMSYN_TEXT_ENCODER"),
+        help="text encoder weights (checkpoint_CLIP.pt); default $TUMSYN_TEXT_ENCODER, else the "
+        "bundled demo model",
+    )

@@ -20,7 +20,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")  # no telemetry, ever; before nipype 
 
 from .. import __version__  # noqa: E402
 from . import errors  # noqa: E402
-from .parsing import UsageError, one_or_three, weights_or_demo  # noqa: E402
+from .parsing import UsageError, add_weight_arguments, one_or_three, weights_or_demo  # noqa: E402
 
 LOGGER = logging.getLogger("tumsyn_bids")
 
@@ -84,18 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MM",
         help="'native' (the source grid) or X Y Z voxel size in mm",
     )
-    s.add_argument(
-        "--checkpoint",
-        default=os.environ.get("TUMSYN_CHECKPOINT"),
-        help="synthesis weights (checkpoint.pth); default $TUMSYN_CHECKPOINT, else the bundled "
-        "demo model (trained on phantoms; not for research use)",
-    )
-    s.add_argument(
-        "--text-encoder",
-        default=os.environ.get("TUMSYN_TEXT_ENCODER"),
-        help="text encoder weights (checkpoint_CLIP.pt); default $TUMSYN_TEXT_ENCODER, else the "
-        "bundled demo model",
-    )
+    add_weight_arguments(s)
     s.add_argument("--text-heads", type=int, default=None)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])

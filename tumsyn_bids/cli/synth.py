@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from .errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_USAGE
-from .parsing import UsageError, one_or_three, weights_or_demo
+from .parsing import UsageError, add_weight_arguments, one_or_three, weights_or_demo
 
 LOGGER = logging.getLogger("tumsyn_bids.synth")
 
@@ -50,18 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="target prompt, in TUMSyn's template")
     src.add_argument("--prompt-file", help="file holding one target prompt")
-    p.add_argument(
-        "--checkpoint",
-        default=os.environ.get("TUMSYN_CHECKPOINT"),
-        help="synthesis weights (checkpoint.pth); default $TUMSYN_CHECKPOINT, else the "
-        "bundled demo model (not for research use)",
-    )
-    p.add_argument(
-        "--text-encoder",
-        default=os.environ.get("TUMSYN_TEXT_ENCODER"),
-        help="text encoder weights (checkpoint_CLIP.pt); default $TUMSYN_TEXT_ENCODER, else "
-        "the bundled demo model",
-    )
+    add_weight_arguments(p)
     res = p.add_mutually_exclusive_group()
     res.add_argument(
         "--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="output voxel size, mm"
