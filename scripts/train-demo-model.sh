@@ -7,8 +7,8 @@
 #
 # Two profiles (PROFILE=...), measured times in the README's model card:
 #   gpu (default)  the shipped model: 24 subjects, stage-2 network with 32 features, 9,900 steps.
-#                  Stage 1 takes 6 min on a 2-core CPU; stage 2 6.3 min on one H100, but about a
-#                  day on a 2-core CPU.
+#                  Stage 1 takes 6 min on a 2-core CPU; stage 2 6.3 min on one H100, but about
+#                  14 h on a 2-core CPU (5 s a step).
 #   cpu            sized for a 2-core CPU (about 70 min in all there): 48 subjects, 32-dimensional
 #                  prompt embedding, 16 features, 16-voxel patches with 4,096 query points,
 #                  3,036 steps. Weaker than the shipped model (README).
