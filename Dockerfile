@@ -12,11 +12,8 @@
 # containers/test-build.sh swaps it for a debootstrapped Debian bookworm base.
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
 
-# --------------------------------------------------------------------------- wheel build stage
-FROM ${BASE_IMAGE} AS wheel
-# A host CA bundle for pip when the build runs behind a TLS-intercepting proxy (bind-mount it
-# with the build engine and pass its path here); never baked into a layer.
-ARG PIP_CERT
+# ------------------------------------------------------------- base stage: Python 3.11, shared
+FROM ${BASE_IMAGE} AS python
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
@@ -27,6 +24,12 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
+
+# --------------------------------------------------------------------------- wheel build stage
+FROM python AS wheel
+# A host CA bundle for pip when the build runs behind a TLS-intercepting proxy (bind-mount it
+# with the build engine and pass its path here); never baked into a layer.
+ARG PIP_CERT
 RUN python3.11 -m venv /opt/build
 WORKDIR /src
 COPY pyproject.toml setup.cfg README.md LICENSE ./
@@ -34,7 +37,7 @@ COPY tumsyn_bids ./tumsyn_bids
 RUN /opt/build/bin/pip wheel --no-deps --wheel-dir /dist .
 
 # ------------------------------------------------------------------------------ runtime stage
-FROM ${BASE_IMAGE} AS runtime
+FROM python AS runtime
 ARG BASE_IMAGE
 ARG PIP_CERT
 # torch: pinned, the same version CI tests on CPU (requirements-pins.txt), here as the CUDA
@@ -61,17 +64,7 @@ LABEL org.opencontainers.image.title="tumsyn-bids" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.base.name="${BASE_IMAGE}"
 
-ENV DEBIAN_FRONTEND=noninteractive \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
-# POSIX sh throughout: buildah ignores SHELL in OCI images, so no bash-only syntax below.
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# Not version-pinned, as in the wheel stage: two base distributions.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && python3.11 -m venv /opt/tumsyn
+RUN python3.11 -m venv /opt/tumsyn
 
 COPY requirements-pins.txt /opt/tumsyn/requirements-pins.txt
 RUN --mount=type=bind,source=containers/wheels,target=/wheels \

@@ -52,7 +52,10 @@ def test_hadolint_ignores_have_reasons():
 def test_dockerfile_essentials():
     text = DOCKERFILE.read_text()
     assert re.search(r"^ARG BASE_IMAGE=\S+", text, re.M)
-    assert "FROM ${BASE_IMAGE} AS wheel" in text
+    # one stage installs Python on the configurable base; the wheel and runtime stages build on it
+    assert "FROM ${BASE_IMAGE} AS python" in text
+    assert "FROM python AS wheel" in text
+    assert "FROM python AS runtime" in text
     assert 'ENTRYPOINT ["tumsyn"]' in text
     for key in ("version", "source", "licenses"):
         assert f"org.opencontainers.image.{key}=" in text
