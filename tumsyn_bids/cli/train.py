@@ -215,10 +215,7 @@ def run(args: argparse.Namespace) -> int:
     except NoTrainingData as exc:
         LOGGER.error("%s", exc)
         return errors.EX_NOINPUT
-    except (BIDSIndexError, TrainingDataError) as exc:
-        LOGGER.error("%s", exc)
-        return errors.EX_DATAERR
-    except CheckpointError as exc:
+    except (BIDSIndexError, TrainingDataError, CheckpointError) as exc:
         LOGGER.error("%s", exc)
         return errors.EX_DATAERR
     except OSError as exc:

@@ -322,6 +322,22 @@ class BidirectionalSynthesis(nn.Module):
         return self.network(src_lr, coord, tgt_emb), self.network(tgt_lr, coord, src_emb)
 
 
+def predict_both(
+    model: nn.Module, batch: dict[str, torch.Tensor], table: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(source→target, target→source) predictions of a batch; prompt ids index ``table``.
+
+    ``model`` is a :class:`BidirectionalSynthesis`, possibly wrapped in DistributedDataParallel.
+    """
+    return model(
+        batch["src_lr"],
+        batch["tgt_lr"],
+        batch["coord"],
+        table[batch["src_prompt"]],
+        table[batch["tgt_prompt"]],
+    )
+
+
 def build_network(config: SynthesisTrainingConfig, embed_dim: int) -> SynthesisNetwork:
     """A fresh network whose feature width is the text embedding's, or the ``--init-from`` one."""
     if embed_dim % FUSION_HEADS:
@@ -388,13 +404,7 @@ def evaluate(
     for i in range(0, len(examples), max(1, batch_size)):
         chunk = examples[i : i + batch_size]
         batch = _to_device({k: torch.stack([e[k] for e in chunk]) for k in _BATCH_KEYS}, device)
-        pred_tgt, pred_src = forward(
-            batch["src_lr"],
-            batch["tgt_lr"],
-            batch["coord"],
-            table[batch["src_prompt"]],
-            table[batch["tgt_prompt"]],
-        )
+        pred_tgt, pred_src = predict_both(forward, batch, table)
         to_tgt.append(psnr(pred_tgt, batch["tgt_hr"]).cpu())
         to_src.append(psnr(pred_src, batch["src_hr"]).cpu())
     network.train(was_training)
@@ -633,13 +643,7 @@ def _train_step(
     optimizer: torch.optim.Optimizer,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimiser step on both directions; the detached (loss, src→tgt, tgt→src) losses."""
-    pred_tgt, pred_src = model(
-        batch["src_lr"],
-        batch["tgt_lr"],
-        batch["coord"],
-        table[batch["src_prompt"]],
-        table[batch["tgt_prompt"]],
-    )
+    pred_tgt, pred_src = predict_both(model, batch, table)
     loss_src_to_tgt = F.l1_loss(pred_tgt, batch["tgt_hr"])
     loss_tgt_to_src = F.l1_loss(pred_src, batch["src_hr"])
     loss = 0.5 * loss_src_to_tgt + 0.5 * loss_tgt_to_src
