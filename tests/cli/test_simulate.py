@@ -50,6 +50,16 @@ def test_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert settings["modalities"] == ["T1w", "FLAIR"]
 
 
+def test_runs_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sim"
+    assert cli.main([str(out), *SMALL, "--runs", "2"]) == EX_OK
+    assert "x 2 modalities x 2 runs" in capsys.readouterr().out
+    assert (out / "sub-01/anat/sub-01_run-2_FLAIR.json").is_file()
+    assert not (out / "sub-01/anat/sub-01_FLAIR.json").exists()
+    with pytest.raises(SystemExit):
+        cli.main([str(tmp_path / "none"), *SMALL, "--runs", "0"])
+
+
 def test_refuses_a_non_empty_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "busy"
     out.mkdir()

@@ -158,6 +158,42 @@ def test_parallel_writing_gives_the_same_files(simulated: Path, tmp_path: Path) 
     assert _files(parallel) == _files(simulated)
 
 
+def test_several_runs_give_several_protocols_of_one_anatomy(
+    simulated: Path, tmp_path: Path
+) -> None:
+    runs = write_simulated_dataset(
+        tmp_path / "runs",
+        modalities=("T1w", "FLAIR"),
+        seed=7,
+        voxel_size=VOXEL_MM,
+        labels=["01"],
+        runs=3,
+    )
+    names = sorted(p.name for p in (runs / "sub-01/anat").glob("*.nii.gz"))
+    assert names == [f"sub-01_run-{r}_{s}.nii.gz" for r in (1, 2, 3) for s in ("FLAIR", "T1w")]
+    assert validate_bids(runs, recursive=True).ok
+    assert json.loads((runs / "code/tumsyn-simulate.json").read_text())["runs"] == 3
+    # Run 1 is the scan of the single-run dataset; the others are new protocols and new noise.
+    single, multi = _files(simulated), _files(runs)
+    for suffix in ("T1w", "FLAIR"):
+        for ext in (".nii.gz", ".json"):
+            assert (
+                multi[f"sub-01/anat/sub-01_run-1_{suffix}{ext}"]
+                == single[f"sub-01/anat/sub-01_{suffix}{ext}"]
+            )
+    scans = [s for s in simulated_scans(runs) if s.suffix == "FLAIR"]
+    assert len(scans) == 3 and len({s.protocol for s in scans}) == 3
+    data = [nib.load(s.path).get_fdata() for s in scans]
+    assert not np.array_equal(data[1], data[2])
+    # Each run's ground truth is its own protocol rendered on the shared tissue maps.
+    mask = np.asarray(brain_mask(runs, "01").dataobj).astype(bool)
+    for scan, image in zip(scans, data, strict=True):
+        truth = render_ground_truth(runs, "01", scan.protocol, "FLAIR").get_fdata()
+        assert np.corrcoef(image[mask], truth[mask])[0, 1] > 0.9
+    with pytest.raises(ValueError, match="runs"):
+        write_simulated_dataset(tmp_path / "bad", labels=["01"], runs=0)
+
+
 def test_held_out_subjects_get_new_labels() -> None:
     assert subject_labels(3, first_subject=11) == ["11", "12", "13"]
     assert subject_labels(2) == ["01", "02"]

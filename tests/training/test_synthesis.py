@@ -336,3 +336,30 @@ def test_torchrun_two_processes(bids, text_encoder, tmp_path):
     ckpt = _load(out / "epoch-last.pth")
     assert ckpt["tumsyn_bids"]["world_size"] == 2 and ckpt["epoch"] == 2
     assert load_synthesis(out / "epoch-last.pth").model.config.out_dim == 16
+
+
+def test_several_runs_pair_every_target_protocol_and_share_volumes(tmp_path):
+    from tumsyn_bids.bids.layout import index_anatomical
+    from tumsyn_bids.simulate import write_simulated_dataset
+    from tumsyn_bids.training.data import modality_pairs, training_images
+    from tumsyn_bids.training.synthesis import load_pairs
+
+    root = write_simulated_dataset(
+        tmp_path / "sim", modalities=("T1w", "FLAIR"), voxel_size=4.0, labels=["01"], runs=2
+    )
+    images, skipped = training_images(index_anatomical(root))
+    assert not skipped and len(images) == 4
+    pairs, skipped = modality_pairs(images)
+    assert not skipped
+    # Every T1w run with every FLAIR run; runs of one modality are never a pair.
+    assert len(pairs) == 4 and all(p.source.suffix != p.target.suffix for p in pairs)
+    assert len({p.target.prompt for p in pairs} | {p.source.prompt for p in pairs}) == 4
+    ids = {i.prompt: k for k, i in enumerate(images)}
+    loaded = load_pairs(pairs, ids)
+    # Each image is read once: its pairs see one array (four images, not eight copies).
+    bases = {id(v.source.base if v.source.base is not None else v.source) for v in loaded}
+    bases |= {id(v.target.base if v.target.base is not None else v.target) for v in loaded}
+    assert len(bases) == 4
+    for pair, volumes in zip(pairs, loaded, strict=True):
+        assert volumes.source.shape == volumes.target.shape
+        assert volumes.target_prompt == ids[pair.target.prompt]

@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--runs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="scans per modality and subject, each with its own random protocol (BIDS run-1 "
+        "... run-N when N > 1): more protocols per anatomy for training (default: %(default)s)",
+    )
+    p.add_argument(
         "--no-derivatives",
         action="store_true",
         help="do not write the ground-truth tissue maps to OUT_DIR/derivatives/simulation",
@@ -167,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             first_subject=args.first_subject,
             overwrite=args.overwrite,
             n_procs=args.nprocs,
+            runs=args.runs,
         )
     except (FileExistsError, NotADirectoryError) as exc:
         print(f"tumsyn-simulate: error: {exc}", file=sys.stderr)
@@ -174,8 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"tumsyn-simulate: error: cannot write {args.out_dir}: {exc}", file=sys.stderr)
         return EX_CANTCREAT
+    runs = f" x {args.runs} runs" if args.runs > 1 else ""
     print(
-        f"wrote {args.subjects} simulated subject(s) x {len(args.modalities)} modalities to {root}"
+        f"wrote {args.subjects} simulated subject(s) x {len(args.modalities)} modalities{runs} "
+        f"to {root}"
     )
     return EX_OK
 

@@ -6,7 +6,7 @@ Layout of a dataset written by :func:`write_simulated_dataset`::
       dataset_description.json, README, participants.tsv, participants.json
       code/tumsyn-simulate.json                   settings of the run (validator-ignored)
       sub-01/anat/sub-01_T1w.nii.gz (+ .json)     one scan per modality, int16 + scl_slope
-      ...
+      ...                                         (with runs=N: sub-01_run-1_T1w ... run-N)
       derivatives/simulation/                     a BIDS derivative dataset: the ground truth
         dataset_description.json, README
         sub-01/anat/sub-01_label-GM_probseg.nii.gz    tissue fractions, uint8 / 255
@@ -275,15 +275,21 @@ def _write_subject(
     voxel_size: float,
     snr: float,
     derivatives: bool,
+    runs: int = 1,
 ) -> None:
     anat, stem = _anat_dir(root, subject.label, None)
     for suffix in modalities:
-        drawn = sample_protocol(
-            suffix, subject.protocol_rng(suffix), subject.field_strength, subject.manufacturer
-        )
-        img = subject.encoded_scan(drawn.protocol, suffix, voxel_size, snr)
-        atomic_save_nifti(img, anat / f"{stem}_{suffix}.nii.gz")
-        atomic_write_json(anat / f"{stem}_{suffix}.json", drawn.sidecar)
+        for run in range(runs):
+            drawn = sample_protocol(
+                suffix,
+                subject.protocol_rng(suffix, run),
+                subject.field_strength,
+                subject.manufacturer,
+            )
+            img = subject.encoded_scan(drawn.protocol, suffix, voxel_size, snr, run=run)
+            name = f"{stem}_run-{run + 1}_{suffix}" if runs > 1 else f"{stem}_{suffix}"
+            atomic_save_nifti(img, anat / f"{name}.nii.gz")
+            atomic_write_json(anat / f"{name}.json", drawn.sidecar)
     if derivatives:
         danat, dstem = _anat_dir(root / DERIVATIVES_RELPATH, subject.label, None)
         levels = subject.tissue_levels(voxel_size)
@@ -359,11 +365,12 @@ def write_simulated_dataset(
     labels: Sequence[str] | None = None,
     overwrite: bool = False,
     n_procs: int = 1,
+    runs: int = 1,
 ) -> Path:
     """Simulate subjects and write them as a BIDS dataset at ``out_dir``; return its path.
 
     ``n_subjects`` participants labelled ``first_subject``, ``first_subject + 1``, ... (or the
-    given ``labels``, alphanumeric, which override both) each get one scan per suffix in
+    given ``labels``, alphanumeric, which override both) each get a scan per suffix in
     ``modalities`` on an isotropic ``voxel_size`` mm grid, with Rician noise at ``snr`` (mean
     brain signal over noise SD). A subject depends only on ``seed`` and its label, so held-out
     subjects can be added later with new labels (``first_subject``) or another ``seed``.
@@ -373,6 +380,11 @@ def write_simulated_dataset(
     earlier is replaced (anything else is refused, ``FileExistsError``). The dataset is built
     in a temporary sibling folder and renamed into place when complete. ``n_procs`` > 1
     simulates subjects in that many processes; the files are the same.
+
+    ``runs`` > 1 gives every subject that many scans per suffix (BIDS ``run-1`` ... ``run-N``),
+    each with its own protocol, bias field and noise: the same anatomy under several protocols,
+    so that a model trained on them can only tell the targets apart by their prompts. Run 1 is
+    the scan a single-run dataset of the same seed holds.
     """
     modalities = tuple(modalities)
     unknown = [m for m in modalities if m not in SUFFIXES]
@@ -384,6 +396,8 @@ def write_simulated_dataset(
         raise ValueError(f"modalities repeat: {modalities}")
     if not voxel_size > 0 or not snr > 0:
         raise ValueError("voxel_size and snr must be positive")
+    if int(runs) != runs or runs < 1:
+        raise ValueError(f"runs must be a positive whole number, got {runs!r}")
     if labels is None:
         labels = subject_labels(n_subjects, first_subject)
     labels = [_strip(str(label), "sub-") for label in labels]
@@ -405,6 +419,8 @@ def write_simulated_dataset(
         "derivatives": bool(derivatives),
         "version": __version__,
     }
+    if runs > 1:  # only then, so that single-run datasets stay byte-identical to earlier ones
+        settings["runs"] = int(runs)
     subjects = [draw_subject(label, seed) for label in labels]
     try:
         staging.mkdir()
@@ -418,7 +434,7 @@ def write_simulated_dataset(
             deriv = staging / DERIVATIVES_RELPATH
             atomic_write_json(deriv / "dataset_description.json", _derivative_description())
             atomic_write_text(deriv / "README", _derivative_readme())
-        jobs = [(staging, s, modalities, voxel_size, snr, derivatives) for s in subjects]
+        jobs = [(staging, s, modalities, voxel_size, snr, derivatives, int(runs)) for s in subjects]
         if n_procs > 1 and len(jobs) > 1:
             # "spawn": safe even when the caller has threads (torch, BLAS) running.
             context = multiprocessing.get_context("spawn")
@@ -466,7 +482,9 @@ class SimulatedScan:
 def simulated_scans(dataset_dir: str | os.PathLike[str]) -> list[SimulatedScan]:
     """Every scan of a dataset written by :func:`write_simulated_dataset`, sorted by path."""
     root = Path(dataset_dir)
-    pattern = re.compile(r"^sub-([A-Za-z0-9]+)(?:_ses-([A-Za-z0-9]+))?_([A-Za-z0-9]+)\.nii\.gz$")
+    pattern = re.compile(
+        r"^sub-([A-Za-z0-9]+)(?:_ses-([A-Za-z0-9]+))?(?:_run-[0-9]+)?_([A-Za-z0-9]+)\.nii\.gz$"
+    )
     scans = []
     for path in sorted(root.glob("sub-*/**/anat/*.nii.gz")):
         match = pattern.match(path.name)

@@ -148,22 +148,31 @@ def load_pairs(
     """Read, normalise and crop every pair once; sampling then never touches the disk.
 
     Cropping here is what the authors do per sample; it is idempotent, so sampling from the
-    cropped arrays gives the same patches while skipping a pass over the full volume.
+    cropped arrays gives the same patches while skipping a pass over the full volume. An image
+    that is in several pairs (every image is, and with several runs per modality in many) is
+    read once: the pairs hold views of one array, so memory grows with images, not pairs.
     """
+    volumes: dict[tuple[Path, Path | None], np.ndarray] = {}
+
+    def volume(path: Path, reference: Path | None = None) -> np.ndarray:
+        if (path, reference) not in volumes:
+            volumes[path, reference] = load_normalised(path, reference=reference)
+        return volumes[path, reference]
+
     out = []
     for pair in progress(pairs, show_progress, desc="loading pairs", unit="pair"):
         name = f"{pair.source.relpath} + {pair.target.relpath}"
         try:
-            src = load_normalised(pair.source.path)
             reference = pair.source.path if pair.resample else None
-            tgt = load_normalised(pair.target.path, reference=reference)
-            src, tgt, _ = crop_to_source(src, tgt)
+            src, tgt, _ = crop_to_source(
+                volume(pair.source.path), volume(pair.target.path, reference)
+            )
         except (InputImageError, ValueError) as exc:
             raise TrainingDataError(f"{name}: {exc}") from exc
         out.append(
             PairVolumes(
-                source=np.ascontiguousarray(src),
-                target=np.ascontiguousarray(tgt),
+                source=src,
+                target=tgt,
                 source_prompt=prompt_ids[pair.source.prompt],
                 target_prompt=prompt_ids[pair.target.prompt],
                 name=name,
