@@ -134,10 +134,9 @@ def test_without_weights_the_bundled_demo_model_runs_and_says_so(tmp_path):
 
     out = tmp_path / "t2.nii.gz"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUMSYN_")}
-    res = _run(
-        SMALL / "input_T1w.nii.gz", out, "--prompt", "Age: 30; Modality: T2w", "--patch-size", 20,
-        env=env,
-    )  # fmt: skip
+    res = _run(SMALL / "input_T1w.nii.gz", out, "--prompt", "Age: 30; Modality: T2w", env=env)
     assert res.returncode == 0, res.stderr
     assert "bundled demo model" in res.stderr and "not for research" in res.stderr.lower()
+    # no --patch-size: the demo model's training patch (20), not the authors' 60
+    assert "no --patch-size: 20-voxel patches" in res.stderr
     assert nib.load(out).shape == nib.load(SMALL / "input_T1w.nii.gz").shape

@@ -134,3 +134,15 @@ def test_official_shapes_load_strictly_and_run(tmp_path):
     out = synth.synthesize(vol, "Age: 30; Modality: T2w", PatchSettings((8, 8, 8), (8, 8, 8)))
     assert out.shape == (10, 9, 8)
     assert torch.isfinite(torch.from_numpy(out)).all()
+
+
+def test_training_patch_size_is_what_stage_2_recorded(tmp_path):
+    from tumsyn_bids.model.bundled import demo_weights
+    from tumsyn_bids.model.checkpoints import EXTRA_KEY, training_patch_size
+
+    assert training_patch_size(demo_weights()[0]) == 20  # the recipe's --lr-size
+    assert training_patch_size(SMALL / "synthesis.pth") is None  # the authors' format
+    ckpt = torch.load(SMALL / "synthesis.pth", map_location="cpu", weights_only=True)
+    ckpt[EXTRA_KEY] = {"sampling": {"lr_size": 12, "sample_q": 64}}
+    torch.save(ckpt, tmp_path / "trained.pth")
+    assert training_patch_size(tmp_path / "trained.pth") == 12

@@ -22,7 +22,7 @@ TINY_STAGE1 = [
     "--embed-dim", "16", "--text-width", "32", "--text-layers", "1", "--text-heads", "2",
 ]  # fmt: skip
 TINY_STAGE2 = [
-    "--n-resblocks", "1", "--n-feats", "8", "--decoder-hidden", "16", "16", "--lr-size", "8",
+    "--n-resblocks", "1", "--n-feats", "8", "--decoder-hidden", "16", "16", "--lr-size", "12",
     "--sample-q", "64", "--scale-min", "1", "--scale-max", "2",
 ]  # fmt: skip
 RUN = ["--batch-size", "2", "--max-steps", "2", "--device", "cpu", "--quiet"]
@@ -46,7 +46,7 @@ def test_trained_checkpoints_run_in_the_bids_app(trained):
     out = root / "derivatives"
     code = tumsyn(
         [str(bids), str(out), "participant", "--participant-label", "01"]
-        + ["--source", "T1w", "--target", "T2w", "--patch-size", "20", "--nprocs", "1"]
+        + ["--source", "T1w", "--target", "T2w", "--nprocs", "1"]
         + ["--checkpoint", str(synthesis), "--text-encoder", str(text_encoder)]
         + ["-w", str(root / "work"), "--device", "cpu"]
     )
@@ -57,7 +57,10 @@ def test_trained_checkpoints_run_in_the_bids_app(trained):
     assert img.shape == src.shape
     np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
     assert np.isfinite(img.get_fdata()).all()
-    model = json.loads(image.with_name(image.name.replace(".nii.gz", ".json")).read_text())["Model"]
+    sidecar = json.loads(image.with_name(image.name.replace(".nii.gz", ".json")).read_text())
+    # no --patch-size: the app infers on the 12-voxel patches the network was trained on
+    assert sidecar["Inference"]["PatchSize"] == [12, 12, 12]
+    model = sidecar["Model"]
     assert model["Checkpoints"]["Synthesis"]["SHA256"] == file_sha256(synthesis)
     assert model["Checkpoints"]["TextEncoder"]["SHA256"] == file_sha256(text_encoder)
     # what the checkpoint recorded, not the published default of 8 heads

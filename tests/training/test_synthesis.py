@@ -110,6 +110,7 @@ def run(bids, text_encoder, tmp_path_factory) -> Path:
         "--val-participant-label", "03",
         "--patches-per-pair", "3",
         "--epochs", "2", "--epoch-val", "1", "--epoch-save", "1",
+        "--augment-blur", "0.5", "--augment-noise", "0.05",
     )  # fmt: skip
     assert rc == 0
     return out
@@ -140,6 +141,10 @@ def test_checkpoints_in_the_authors_format(run, text_encoder):
     assert extra["global_step"] == 4  # 3 patches, batches of 2, 2 epochs
     assert extra["scheduler"]["last_epoch"] == 2
     assert extra["config"]["n_feats"] == 8
+    assert extra["sampling"] == {
+        "scale_min": 1.0, "scale_max": 3.0, "lr_size": 8, "sample_q": 64,
+        "blur_max": 0.5, "noise_max": 0.05,
+    }  # fmt: skip
     assert extra["best"]["metric"] == "val_psnr"
     assert np.isfinite(extra["best"]["value"])
     assert _load(run / "epoch-1.pth")["epoch"] == 1
@@ -242,6 +247,14 @@ def test_resume_refusals(bids, text_encoder, straight, tmp_path, caplog):
     assert "n_feats: checkpoint 8, options 16" in caplog.text
 
 
+def test_negative_augmentation_is_refused(bids, text_encoder, tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    rc = _train(bids, tmp_path / "out", text_encoder, *RESUME_OPTS, "--augment-noise", "-0.1")
+    assert rc == errors.EX_DATAERR
+    assert "--augment-blur and --augment-noise must be >= 0" in caplog.text
+    assert not (tmp_path / "out" / "epoch-last.pth").exists()
+
+
 def test_init_from(bids, text_encoder, run, tmp_path, caplog):
     out = tmp_path / "out"
     init = run / "epoch-best.pth"
@@ -312,6 +325,29 @@ def test_patches_are_a_function_of_seed_epoch_and_slot():
     assert not torch.equal(first["coord"], data[(1, 1, 0)]["coord"])
     assert first["src_lr"].shape == (1, 8, 8, 8) and first["coord"].shape == (64, 3)
     assert (int(first["src_prompt"]), int(first["tgt_prompt"])) == (0, 1)
+
+
+def test_degradation_changes_the_inputs_only_and_never_validation():
+    from tumsyn_bids.training.synthesis import PairVolumes, make_example, validation_examples
+
+    rng = np.random.default_rng(0)
+    vol = rng.uniform(0.1, 1, (20, 20, 20)).astype(np.float32)
+    pair = PairVolumes(vol, vol[::-1].copy(), 0, 1, "p")
+    plain = Sampling(1.0, 2.0, 8, 64)
+    degraded = Sampling(1.0, 2.0, 8, 64, blur_max=0.8, noise_max=0.05)
+    a = make_example(pair, plain, np.random.default_rng(9))
+    b = make_example(pair, degraded, np.random.default_rng(9))
+    for key in ("coord", "src_hr", "tgt_hr", "src_prompt", "tgt_prompt"):
+        assert torch.equal(a[key], b[key]), key  # same patch, same targets
+    for key in ("src_lr", "tgt_lr"):
+        assert not torch.equal(a[key], b[key]), key
+    # the two inputs get their own draws
+    assert not torch.allclose(b["src_lr"] - a["src_lr"], b["tgt_lr"] - a["tgt_lr"])
+    val_plain = validation_examples([pair], plain, seed=3)
+    val_degraded = validation_examples([pair], degraded, seed=3)
+    assert len(val_plain) == len(val_degraded)
+    for x, y in zip(val_plain, val_degraded, strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
 
 
 def test_torchrun_two_processes(bids, text_encoder, tmp_path):

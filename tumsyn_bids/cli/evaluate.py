@@ -20,7 +20,12 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 
 from .. import __version__  # noqa: E402
 from . import errors  # noqa: E402
-from .parsing import UsageError, add_weight_arguments, weights_or_demo  # noqa: E402
+from .parsing import (  # noqa: E402
+    UsageError,
+    add_weight_arguments,
+    default_patch_size,
+    weights_or_demo,
+)
 from .run import _Parser  # noqa: E402
 
 LOGGER = logging.getLogger("tumsyn_bids")
@@ -41,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--participant-label", nargs="+", metavar="LABEL")
     add_weight_arguments(p)
     p.add_argument("--text-heads", type=int)
-    p.add_argument("--patch-size", type=int, default=60)
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        help="input patch side (default: the patch size the weights were trained on if they "
+        "record it, else 60)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-te-check", action="store_true", help="skip the echo-time check")
     p.add_argument("--save-images", action="store_true", help="also write predictions and truth")
@@ -90,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
             args.dataset,
         )
         return errors.EX_NOINPUT
-    settings = PatchSettings((args.patch_size,) * 3, (args.patch_size,) * 3)
+    patch = args.patch_size or default_patch_size(checkpoint)
+    settings = PatchSettings((patch,) * 3, (patch,) * 3)
     labels = args.participant_label
     save = args.out_dir / "images" if args.save_images else None
     scores = evaluate(args.dataset, synth, tasks, settings, labels, save_dir=save)

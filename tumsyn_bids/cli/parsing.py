@@ -1,4 +1,4 @@
-"""Command-line value checks shared by ``tumsyn`` and ``tumsyn-synth``."""
+"""Command-line value checks shared by ``tumsyn``, ``tumsyn-synth`` and ``tumsyn-eval``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,27 @@ def one_or_three(values: Sequence[float] | None, name: str, default: float) -> t
     if len(values) == 3:
         return tuple(values)
     raise UsageError(f"{name} takes one or three values, got {len(values)}")
+
+
+#: The authors' inference patch side (their demo's 60-voxel cubes).
+AUTHORS_PATCH_SIZE = 60
+
+
+def default_patch_size(checkpoint: Path) -> int:
+    """The patch side to infer with when none is given: the one the weights were trained on
+    if they record it (models trained with tumsyn-train, the bundled demo model), else the
+    authors' 60.
+
+    The fusion block pools over every voxel of a patch, so the patch extent is part of what a
+    network sees; inferring on the training extent keeps it in the conditions it learned.
+    """
+    from ..model.checkpoints import training_patch_size
+
+    trained = training_patch_size(checkpoint)
+    if trained:
+        LOGGER.info("no --patch-size: %d-voxel patches, as %s was trained on", trained, checkpoint)
+        return trained
+    return AUTHORS_PATCH_SIZE
 
 
 def weights_or_demo(checkpoint: str | None, text_encoder: str | None) -> tuple[Path, Path]:

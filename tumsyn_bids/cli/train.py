@@ -93,6 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-size", type=int, default=20, help="low-resolution patch side")
     g.add_argument("--sample-q", type=int, default=8000, help="query points per patch")
     g.add_argument("--patches-per-pair", type=int, default=1, help="patches per pair per epoch")
+    g.add_argument(
+        "--augment-blur",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="blur each LR input by a Gaussian of random sigma in [0, SIGMA] voxels "
+        "(default 0: off)",
+    )
+    g.add_argument(
+        "--augment-noise",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="add Rician noise of random sigma in [0, SIGMA] (intensities normalised to [0, 1]) "
+        "to each LR input (default 0: off)",
+    )
     g.add_argument("--milestones", type=int, nargs="*", default=[100, 150, 200, 250])
     g.add_argument("--gamma", type=float, default=0.5)
     g.add_argument("--epoch-val", type=int, default=10, help="validate every N epochs")
@@ -172,6 +188,8 @@ def make_config(args: argparse.Namespace):
         scale_max=args.scale_max,
         lr_size=args.lr_size,
         sample_q=args.sample_q,
+        augment_blur=args.augment_blur,
+        augment_noise=args.augment_noise,
         patches_per_pair=args.patches_per_pair,
         milestones=tuple(args.milestones),
         gamma=args.gamma,

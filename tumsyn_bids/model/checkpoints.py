@@ -91,6 +91,18 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     return dict(read_checkpoint(path).get(EXTRA_KEY) or {})
 
 
+def training_patch_size(path: str | Path) -> int | None:
+    """The low-resolution patch side a tumsyn-bids stage-2 run trained these weights on.
+
+    The fusion block's attention pools over every voxel of a patch, so a model sees its
+    training patch extent as part of the input; inferring with much larger patches changes
+    its output (the bundled demo model, trained on 20-voxel patches, loses 3 dB on 60-voxel
+    ones). ``None`` for checkpoints that do not record it, such as the official weights.
+    """
+    size = (checkpoint_metadata(path).get("sampling") or {}).get("lr_size")
+    return int(size) if size else None
+
+
 def _strict_load(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """Load every key, none missing, none unused; float16 files land in float32 parameters."""
     try:

@@ -78,6 +78,10 @@ class SynthesisTrainingConfig(CommonConfig):
     scale_max: float = 3.0
     lr_size: int = 20
     sample_q: int = 8000
+    #: Upper bounds of the random input degradation (see :mod:`.augmentation`): Gaussian blur
+    #: sigma in LR voxels and Rician noise sigma on the [0, 1] intensity scale. 0 = off.
+    augment_blur: float = 0.0
+    augment_noise: float = 0.0
     #: Random patches drawn from every pair per epoch.
     patches_per_pair: int = 1
     milestones: tuple[int, ...] = (100, 150, 200, 250)

@@ -38,7 +38,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ from ..model.network import FUSION_HEADS, SynthesisConfig, SynthesisNetwork
 from ..model.patches import crop_to_source, sample_training_patch
 from ..model.text_encoder import TextEncoder
 from ..model.tokenizer import PromptTooLongError, tokenize
+from .augmentation import Degradation
 from .common import (
     atomic_torch_save,
     checkpoint_to_continue,
@@ -189,16 +190,34 @@ class Sampling:
     scale_max: float
     lr_size: int
     sample_q: int
+    #: Input degradation bounds (:class:`~.augmentation.Degradation`); 0 is the paper's.
+    blur_max: float = 0.0
+    noise_max: float = 0.0
 
     @classmethod
     def from_config(cls, config: SynthesisTrainingConfig) -> Sampling:
-        return cls(config.scale_min, config.scale_max, config.lr_size, config.sample_q)
+        return cls(
+            config.scale_min,
+            config.scale_max,
+            config.lr_size,
+            config.sample_q,
+            config.augment_blur,
+            config.augment_noise,
+        )
+
+    @property
+    def degradation(self) -> Degradation:
+        return Degradation(blur_max=self.blur_max, noise_max=self.noise_max)
 
 
 def make_example(
     pair: PairVolumes, sampling: Sampling, rng: np.random.Generator
 ) -> dict[str, torch.Tensor]:
-    """One training example as tensors (LR patches with their channel axis, prompt ids)."""
+    """One training example as tensors (LR patches with their channel axis, prompt ids).
+
+    The LR inputs are degraded after the patch is drawn, with the same generator, so an
+    example stays a pure function of its seed.
+    """
     patch = sample_training_patch(
         pair.source,
         pair.target,
@@ -209,9 +228,10 @@ def make_example(
         sampling.sample_q,
         crop=False,
     )
+    degrade = sampling.degradation
     return {
-        "src_lr": torch.from_numpy(patch["src_lr"])[None],
-        "tgt_lr": torch.from_numpy(patch["tgt_lr"])[None],
+        "src_lr": torch.from_numpy(degrade.apply(patch["src_lr"], rng))[None],
+        "tgt_lr": torch.from_numpy(degrade.apply(patch["tgt_lr"], rng))[None],
         "coord": torch.from_numpy(patch["coord"]),
         "src_hr": torch.from_numpy(patch["src_hr"]),
         "tgt_hr": torch.from_numpy(patch["tgt_hr"]),
@@ -298,9 +318,14 @@ def make_train_loader(
 def validation_examples(
     pairs: Sequence[PairVolumes], sampling: Sampling, seed: int
 ) -> list[dict[str, torch.Tensor]]:
-    """Fixed patches of the validation pairs, drawn once so every epoch is scored alike."""
+    """Fixed patches of the validation pairs, drawn once so every epoch is scored alike.
+
+    Validation inputs are never degraded: the score tracks the task on scans as acquired,
+    comparable between runs with and without augmentation.
+    """
+    as_acquired = replace(sampling, blur_max=0.0, noise_max=0.0)
     return [
-        make_example(pair, sampling, np.random.default_rng([seed, _VAL_STREAM, i, k]))
+        make_example(pair, as_acquired, np.random.default_rng([seed, _VAL_STREAM, i, k]))
         for i, pair in enumerate(pairs)
         for k in range(VAL_PATCHES_PER_PAIR)
     ]
@@ -544,6 +569,8 @@ def _check_options(config: SynthesisTrainingConfig) -> None:
             f"--sample-q must be between 1 and --lr-size cubed ({config.lr_size**3}): query points "
             "are drawn without replacement from the HR patch"
         )
+    if config.augment_blur < 0 or config.augment_noise < 0:
+        problems.append("--augment-blur and --augment-noise must be >= 0")
     for name in ("batch_size", "patches_per_pair", "epochs", "epoch_val", "epoch_save"):
         if getattr(config, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
