@@ -1,11 +1,11 @@
 """Input degradation for stage-2 training: random blur and Rician noise on the LR inputs.
 
 The authors train on the scans as acquired, so a model learns the noise level and sharpness of
-its training scans as part of each contrast. A network trained on one simulated noise range
-then draws that noise's texture into its output and fails on cleaner or smoother inputs (the
-bundled demo model scores 13 dB on a noise-free T1w of a subject it reaches 21 dB on as
-acquired). Degrading each network input by a random amount asks the network for the same target
-from inputs of any quality in the range, so it has to stop copying the input's texture.
+its training scans as part of each contrast: the bundled demo model, trained on simulated scans
+of one signal-to-noise ratio, draws texture into its output and fails on cleaner or smoother
+inputs (T1w -> FLAIR of a held-out subject, 60-voxel patches: 13 dB from the noise-free T1w
+against 21 dB from the scan). Degrading each network input by a random amount asks for the same
+target from inputs of any quality in the range, which rewards ignoring the input's noise.
 
 Only the low-resolution inputs are degraded; the high-resolution targets stay as acquired, so
 the loss still compares against real voxels. Both settings default to off, the paper's training.
