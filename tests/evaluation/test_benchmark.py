@@ -69,3 +69,21 @@ def test_eval_refuses_a_dataset_without_ground_truth(tmp_path):
     bids = write_example_dataset(tmp_path / "bids")
     assert tumsyn_eval([str(bids), str(tmp_path / "out"), "--quiet"]) == 66
     assert tumsyn_eval([str(bids), str(tmp_path / "out"), "--tasks", "T1w-T2w"]) == 64
+
+
+def test_eval_command_writes_scores_and_the_patch_size_it_used(tmp_path):
+    import json
+
+    # 4 mm: one patch covers the head, so the command runs in seconds
+    coarse = write_simulated_dataset(
+        tmp_path / "bids", labels=["coarse"], modalities=("T1w", "T2w"), voxel_size=4.0, seed=98
+    )
+    out = tmp_path / "eval"
+    args = [str(coarse), str(out), "--tasks", "T1w:T2w", "--no-te-check", "--quiet"]
+    assert tumsyn_eval([*args, "--patch-size", "64", "60", "56"]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["patch_size"] == [64, 60, 56]
+    assert report["model"]["name"] == "tumsyn-bids-demo-phantom"
+    assert sorted(row["method"] for row in report["summary"]) == ["histmatch", "model", "source"]
+    assert set(report["psnr_margin_over_better_baseline_db"]) == {"T1w->T2w"}
+    assert (out / "scores.tsv").is_file() and (out / "summary.tsv").is_file()

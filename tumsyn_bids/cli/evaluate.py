@@ -22,8 +22,9 @@ from .. import __version__  # noqa: E402
 from . import errors  # noqa: E402
 from .parsing import (  # noqa: E402
     UsageError,
+    add_patch_size_argument,
     add_weight_arguments,
-    default_patch_size,
+    patch_size,
     weights_or_demo,
 )
 from .run import _Parser  # noqa: E402
@@ -46,12 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--participant-label", nargs="+", metavar="LABEL")
     add_weight_arguments(p)
     p.add_argument("--text-heads", type=int)
-    p.add_argument(
-        "--patch-size",
-        type=int,
-        help="input patch side (default: the patch size the weights were trained on if they "
-        "record it, else 60)",
-    )
+    add_patch_size_argument(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-te-check", action="store_true", help="skip the echo-time check")
     p.add_argument("--save-images", action="store_true", help="also write predictions and truth")
@@ -87,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             load_text_encoder(text_encoder, heads=args.text_heads).model,
             device=args.device,
         )
+        patch_zyx = patch_size(args.patch_size, checkpoint)[::-1]
     except (UsageError, ValueError) as exc:
         LOGGER.error("%s", exc)
         return errors.EX_USAGE
@@ -100,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
             args.dataset,
         )
         return errors.EX_NOINPUT
-    patch = args.patch_size or default_patch_size(checkpoint)
-    settings = PatchSettings((patch,) * 3, (patch,) * 3)
+    settings = PatchSettings(patch_zyx, patch_zyx)
     labels = args.participant_label
     save = args.out_dir / "images" if args.save_images else None
     scores = evaluate(args.dataset, synth, tasks, settings, labels, save_dir=save)
@@ -120,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             "text_encoder": {"file": text_encoder.name, "sha256": file_sha256(text_encoder)},
             "name": checkpoint_metadata(checkpoint).get("model_name", "TUMSyn"),
         },
+        "patch_size": list(patch_zyx[::-1]),
         "summary": summary.to_dict(orient="records"),
         "psnr_margin_over_better_baseline_db": margin,
     }

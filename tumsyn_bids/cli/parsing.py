@@ -46,6 +46,25 @@ def default_patch_size(checkpoint: Path) -> int:
     return AUTHORS_PATCH_SIZE
 
 
+def add_patch_size_argument(parser) -> None:
+    """``--patch-size`` with the same meaning and default in every command."""
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="input patch side, one or three values in (i, j, k) order (default: the patch size "
+        f"the weights were trained on if they record it, else {AUTHORS_PATCH_SIZE})",
+    )
+
+
+def patch_size(values: Sequence[int] | None, checkpoint: Path) -> tuple[int, int, int]:
+    """``--patch-size`` as (i, j, k): the values given, else :func:`default_patch_size`."""
+    if values:
+        return tuple(int(v) for v in one_or_three(values, "--patch-size", 0))
+    return (default_patch_size(checkpoint),) * 3
+
+
 def weights_or_demo(checkpoint: str | None, text_encoder: str | None) -> tuple[Path, Path]:
     """The two weight files to use: both given, or neither (then the bundled demo model)."""
     if not checkpoint and not text_encoder:

@@ -22,9 +22,10 @@ from .. import __version__  # noqa: E402
 from . import errors  # noqa: E402
 from .parsing import (  # noqa: E402
     UsageError,
+    add_patch_size_argument,
     add_weight_arguments,
-    default_patch_size,
     one_or_three,
+    patch_size,
     weights_or_demo,
 )
 
@@ -94,14 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text-heads", type=int, default=None)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    s.add_argument(
-        "--patch-size",
-        type=int,
-        nargs="+",
-        metavar="N",
-        help="input patch side, one or three values (default: the patch size the weights "
-        "were trained on if they record it, else 60)",
-    )
+    add_patch_size_argument(s)
     s.add_argument("--overlap", type=float, default=0.5)
     s.add_argument("--batch-size", type=int, default=1)
     s.add_argument("--reference", action="store_true", help="the authors' loop, exactly")
@@ -385,8 +379,7 @@ def run_plan(plan, args: argparse.Namespace) -> int:
     from ..workflows import ModelSpec
 
     checkpoint, text_encoder = resolve_weights(args)
-    if not args.patch_size:
-        args.patch_size = (default_patch_size(checkpoint),) * 3
+    args.patch_size = patch_size(args.patch_size, checkpoint)
     plugin, plugin_args = plugin_settings(args)
     model = ModelSpec(
         checkpoint=str(checkpoint),
@@ -451,10 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     LOGGER.propagate = False
     start = time.time()
     try:
-        if args.patch_size:  # else chosen from the weights once they are known (run_plan)
-            args.patch_size = tuple(
-                int(v) for v in one_or_three(args.patch_size, "--patch-size", 0)
-            )
+        if args.patch_size:  # checked now; resolved with the weights in run_plan
+            one_or_three(args.patch_size, "--patch-size", 0)
         if not 0 <= args.overlap < 1:
             raise CLIError(errors.EX_USAGE, "--overlap must be in [0, 1)")
         check_paths(args)

@@ -17,9 +17,10 @@ from .. import __version__
 from .errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_USAGE
 from .parsing import (
     UsageError,
+    add_patch_size_argument,
     add_weight_arguments,
-    default_patch_size,
     one_or_three,
+    patch_size,
     weights_or_demo,
 )
 
@@ -63,14 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument(
         "--scale", type=float, nargs="+", metavar="S", help="output samples per input voxel"
     )
-    p.add_argument(
-        "--patch-size",
-        type=int,
-        nargs="+",
-        metavar="N",
-        help="input patch side, one or three values (default: the patch size the weights "
-        "were trained on if they record it, else 60)",
-    )
+    add_patch_size_argument(p)
     p.add_argument("--overlap", type=float, default=0.5, help="patch overlap ratio in [0, 1)")
     p.add_argument("--batch-size", type=int, default=1, help="patches per forward pass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -126,10 +120,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(EX_NOINPUT, str(exc))
     try:
         prompt = args.prompt if args.prompt is not None else read_prompt_file(args.prompt_file)
-        if args.patch_size:
-            patch_ijk = [int(v) for v in one_or_three(args.patch_size, "--patch-size", 0)]
-        else:
-            patch_ijk = [default_patch_size(checkpoint)] * 3
+        patch_ijk = list(patch_size(args.patch_size, checkpoint))
         volume = load_volume(args.input)
         if args.voxel_size:
             if min(args.voxel_size) <= 0:
