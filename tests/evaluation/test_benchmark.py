@@ -71,13 +71,21 @@ def test_eval_refuses_a_dataset_without_ground_truth(tmp_path):
     assert tumsyn_eval([str(bids), str(tmp_path / "out"), "--tasks", "T1w-T2w"]) == 64
 
 
-def test_eval_command_writes_scores_and_the_patch_size_it_used(tmp_path):
+@pytest.fixture(scope="module")
+def coarse(tmp_path_factory):
+    """4 mm: one patch covers the head, so the command runs in seconds."""
+    return write_simulated_dataset(
+        tmp_path_factory.mktemp("coarse") / "bids",
+        labels=["coarse"],
+        modalities=("T1w", "T2w"),
+        voxel_size=4.0,
+        seed=98,
+    )
+
+
+def test_eval_command_writes_scores_and_the_patch_size_it_used(coarse, tmp_path):
     import json
 
-    # 4 mm: one patch covers the head, so the command runs in seconds
-    coarse = write_simulated_dataset(
-        tmp_path / "bids", labels=["coarse"], modalities=("T1w", "T2w"), voxel_size=4.0, seed=98
-    )
     out = tmp_path / "eval"
     args = [str(coarse), str(out), "--tasks", "T1w:T2w", "--no-te-check", "--quiet"]
     assert tumsyn_eval([*args, "--patch-size", "64", "60", "56"]) == 0
@@ -87,3 +95,14 @@ def test_eval_command_writes_scores_and_the_patch_size_it_used(tmp_path):
     assert sorted(row["method"] for row in report["summary"]) == ["histmatch", "model", "source"]
     assert set(report["psnr_margin_over_better_baseline_db"]) == {"T1w->T2w"}
     assert (out / "scores.tsv").is_file() and (out / "summary.tsv").is_file()
+
+
+def test_eval_command_names_an_image_it_cannot_score(coarse, tmp_path, caplog):
+    from tests.conftest import SMALL
+
+    # the tiny reference weights were never trained: on this input their output is constant
+    args = [str(coarse), str(tmp_path / "out"), "--tasks", "T1w:T2w", "--no-te-check"]
+    args += ["--checkpoint", str(SMALL / "synthesis.pth"), "--text-encoder"]
+    args += [str(SMALL / "text_encoder.pt"), "--text-heads", "2", "--patch-size", "20"]
+    assert tumsyn_eval(args) == 65
+    assert "sub-coarse T1w->T2w: the model image cannot be scored" in caplog.text

@@ -72,7 +72,13 @@ def markdown(summary, margin: dict[str, float]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.benchmark import Task, evaluate, margins, summarise, te_check, te_followed
-    from ..model import PatchSettings, Synthesizer, load_synthesis, load_text_encoder
+    from ..model import (
+        InputImageError,
+        PatchSettings,
+        Synthesizer,
+        load_synthesis,
+        load_text_encoder,
+    )
     from ..model.checkpoints import CheckpointError, checkpoint_metadata, file_sha256
 
     try:
@@ -100,7 +106,11 @@ def run(args: argparse.Namespace) -> int:
     settings = PatchSettings(patch_zyx, patch_zyx)
     labels = args.participant_label
     save = args.out_dir / "images" if args.save_images else None
-    scores = evaluate(args.dataset, synth, tasks, settings, labels, save_dir=save)
+    try:
+        scores = evaluate(args.dataset, synth, tasks, settings, labels, save_dir=save)
+    except InputImageError as exc:
+        LOGGER.error("%s", exc)
+        return errors.EX_DATAERR
     if scores.empty:
         LOGGER.error("no subject in %s has both images of any task %s", args.dataset, args.tasks)
         return errors.EX_NOINPUT

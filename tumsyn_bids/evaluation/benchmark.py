@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..bids.layout import ScanRecord, index_anatomical
-from ..model.inference import PatchSettings, Synthesizer, percentile_normalise
+from ..model.inference import InputImageError, PatchSettings, Synthesizer, percentile_normalise
 from ..model.volume import load_volume
 from ..prompts import Protocol, target_prompt
 from ..simulate import brain_mask, load_tissue_maps, render_ground_truth
@@ -120,7 +120,12 @@ def evaluate(
                 "histmatch": histogram_match(src, truth, mask),
             }
             for method, image in candidates.items():
-                norm = percentile_normalise(image)
+                try:
+                    norm = percentile_normalise(image)
+                except InputImageError as exc:
+                    raise InputImageError(
+                        f"sub-{subject} {task.name}: the {method} image cannot be scored: {exc}"
+                    ) from exc
                 rows.append(
                     {
                         "subject": subject,
