@@ -18,7 +18,8 @@
 # processes); DEST (where the exported weights go; default: the package's demo_model folder,
 # i.e. the run replaces the shipped model); SUBJECTS, STAGE1_EPOCHS, STAGE2_EPOCHS override the
 # profile (the last two of the subjects are the validation set); TEST_SUBJECTS (default 4) and
-# VOXEL_SIZE (default 2 mm) size the simulated data (the tests run the recipe small).
+# VOXEL_SIZE (default 2 mm) size the simulated data (the tests run the recipe small); EVAL_PATCH
+# sets tumsyn-eval's --patch-size (default: the patch side the model was trained on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-work/demo-model}
@@ -102,6 +103,6 @@ tumsyn-train export "$DEST" --text-encoder "$WORK/stage1/text_encoder.pt" \
 
 # 5. Score the exported weights on the held-out subjects (the README's model card quotes this).
 mkdir -p "$WORK/eval"
-tumsyn-eval "$WORK/test" "$WORK/eval" --device "$DEVICE" \
+tumsyn-eval "$WORK/test" "$WORK/eval" --device "$DEVICE" ${EVAL_PATCH:+--patch-size "$EVAL_PATCH"} \
     --checkpoint "$DEST/synthesis.pth" --text-encoder "$DEST/text_encoder.pt" |
     tee "$WORK/eval/summary.md"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,8 @@ def test_cpu_profile_trains_exports_and_scores_a_model(tmp_path):
         VOXEL_SIZE="3",
         STAGE1_EPOCHS="1",
         STAGE2_EPOCHS="1",
+        # one patch per head at 3 mm; the trained 16 would score ~600 patches per image
+        EVAL_PATCH="64",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     export = tmp_path / "export"
@@ -56,6 +59,9 @@ def test_cpu_profile_trains_exports_and_scores_a_model(tmp_path):
     assert checkpoint_metadata(export / "synthesis.pth")["model_name"] == DEMO_MODEL_NAME
     # the run scored the weights it exported, not the bundled ones
     assert "using the bundled demo model" not in result.stderr
+    assert json.loads((tmp_path / "work" / "eval" / "evaluation.json").read_text())[
+        "patch_size"
+    ] == [64, 64, 64]
     scores = pd.read_csv(tmp_path / "work" / "eval" / "scores.tsv", sep="\t")
     assert set(scores["task"]) == {"T1w->T2w", "T1w->FLAIR", "T2w->T1w"}
     assert set(scores["method"]) == {"model", "source", "histmatch"}
