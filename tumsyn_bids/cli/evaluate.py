@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             load_text_encoder(text_encoder, heads=args.text_heads).model,
             device=args.device,
         )
-        patch_zyx = patch_size(args.patch_size, checkpoint)[::-1]
+        patch_ijk = patch_size(args.patch_size, checkpoint)
     except (UsageError, ValueError) as exc:
         LOGGER.error("%s", exc)
         return errors.EX_USAGE
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             args.dataset,
         )
         return errors.EX_NOINPUT
-    settings = PatchSettings(patch_zyx, patch_zyx)
+    settings = PatchSettings(patch_ijk[::-1], patch_ijk[::-1])
     labels = args.participant_label
     save = args.out_dir / "images" if args.save_images else None
     try:
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             "text_encoder": {"file": text_encoder.name, "sha256": file_sha256(text_encoder)},
             "name": checkpoint_metadata(checkpoint).get("model_name", "TUMSyn"),
         },
-        "patch_size": list(patch_zyx[::-1]),
+        "patch_size": list(patch_ijk),
         "summary": summary.to_dict(orient="records"),
         "psnr_margin_over_better_baseline_db": margin,
     }
