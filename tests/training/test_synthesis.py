@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -259,10 +260,18 @@ def test_init_from(bids, text_encoder, run, tmp_path, caplog):
     out = tmp_path / "out"
     init = run / "epoch-best.pth"
     assert (
-        _train(bids, out, text_encoder, *RESUME_OPTS, "--init-from", str(init), "--max-steps", "1")
+        _train(
+            bids, out, text_encoder, *RESUME_OPTS, "--init-from", str(init), "--max-steps", "1",
+            "--n-resblocks", "3", "--n-feats", "12", "--decoder-hidden", "8",
+        )
         == 0
-    )
-    assert _load(out / "epoch-last.pth")["tumsyn_bids"]["init_from"]["sha256"] == file_sha256(init)
+    )  # fmt: skip
+    meta = _load(out / "epoch-last.pth")["tumsyn_bids"]
+    assert meta["init_from"]["sha256"] == file_sha256(init)
+    # The record holds the sizes of the network it started from (TINY's), not the ignored options.
+    for record in (meta["config"], json.loads((out / "config.json").read_text())):
+        sizes = (record["n_resblocks"], record["n_feats"], record["decoder_hidden"])
+        assert sizes == (1, 8, [16, 16])
     # The text embedding must have the network's feature width.
     wide = tmp_path / "te24.pt"
     enc = TextEncoder(TextEncoderConfig(width=32, layers=1, heads=2, embed_dim=24))

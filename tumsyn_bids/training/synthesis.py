@@ -708,6 +708,16 @@ def _train(config: SynthesisTrainingConfig, ctx: DistributedContext) -> Path:
     seed_everything(config.seed)  # every rank builds the same initial model
     network = build_network(config, int(table.shape[1])).to(ctx.device)
     network.to(memory_format=memory_format(ctx.device))
+    if config.init_from is not None:
+        # Record the sizes the run trains, not the --n-*/--decoder-hidden values it ignored.
+        net = network.config
+        config = replace(
+            config,
+            n_resblocks=net.n_resblocks,
+            n_feats=net.n_feats,
+            res_scale=net.res_scale,
+            decoder_hidden=list(net.decoder_hidden),
+        )
     seed_everything(config.seed, ctx.rank)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
