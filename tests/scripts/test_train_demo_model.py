@@ -47,6 +47,9 @@ def test_cpu_profile_trains_exports_and_scores_a_model(tmp_path):
         VOXEL_SIZE="3",
         STAGE1_EPOCHS="1",
         STAGE2_EPOCHS="1",
+        # the second stage-2 round is the gpu profile's; here it runs at toy size on the cpu one
+        ROUND2_SUBJECTS="4",
+        ROUND2_EPOCHS="1",
         # one patch per head at 3 mm; the trained 16 would score ~600 patches per image
         EVAL_PATCH="64",
     )
@@ -56,7 +59,14 @@ def test_cpu_profile_trains_exports_and_scores_a_model(tmp_path):
     text = load_text_encoder(export / "text_encoder.pt")
     assert net.model.config.n_feats == 16
     assert text.model.config.embed_dim == 32 == net.model.config.out_dim
-    assert checkpoint_metadata(export / "synthesis.pth")["model_name"] == DEMO_MODEL_NAME
+    meta = checkpoint_metadata(export / "synthesis.pth")
+    assert meta["model_name"] == DEMO_MODEL_NAME
+    # the shipped weights are round two's, started from round one's export
+    round1 = tmp_path / "work" / "round1" / "synthesis.pth"
+    assert meta["init_from"]["sha256"] == file_sha256(round1)
+    assert meta["config"]["val_participants"] == ["03", "04"]
+    assert meta["config"]["lr"] == 5e-4
+    assert (tmp_path / "work" / "train-round2" / "sub-04").is_dir()
     # the run scored the weights it exported, not the bundled ones
     assert "using the bundled demo model" not in result.stderr
     assert json.loads((tmp_path / "work" / "eval" / "evaluation.json").read_text())[
@@ -73,7 +83,11 @@ def test_cpu_profile_trains_exports_and_scores_a_model(tmp_path):
 
 @pytest.mark.parametrize(
     ("env", "message"),
-    [({"PROFILE": "laptop"}, "PROFILE must be gpu or cpu"), ({"SUBJECTS": "2"}, "at least 3")],
+    [
+        ({"PROFILE": "laptop"}, "PROFILE must be gpu or cpu"),
+        ({"SUBJECTS": "2"}, "at least 3"),
+        ({"ROUND2_SUBJECTS": "2"}, "ROUND2_SUBJECTS must be 0"),
+    ],
 )
 def test_recipe_refuses_bad_settings(tmp_path, env, message):
     result = _run(tmp_path, **env)
