@@ -27,16 +27,21 @@ def whole_volume(root) -> PatchSettings:
     return PatchSettings(shape, shape)
 
 
+def _t1w_t2w_phantom(factory, label: str, voxel_size: float, seed: int):
+    """A one-subject simulated dataset with T1w and T2w (and its ground truth)."""
+    return write_simulated_dataset(
+        factory.mktemp(label) / "bids",
+        labels=[label],
+        modalities=("T1w", "T2w"),
+        voxel_size=voxel_size,
+        seed=seed,
+    )
+
+
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
     # label and seed unlike the training recipe's (labels 01-24, seed 11)
-    return write_simulated_dataset(
-        tmp_path_factory.mktemp("eval") / "bids",
-        labels=["heldout"],
-        modalities=("T1w", "T2w"),
-        voxel_size=2.0,
-        seed=97,
-    )
+    return _t1w_t2w_phantom(tmp_path_factory, "heldout", voxel_size=2.0, seed=97)
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +79,7 @@ def test_eval_refuses_a_dataset_without_ground_truth(tmp_path):
 @pytest.fixture(scope="module")
 def coarse(tmp_path_factory):
     """4 mm: one patch covers the head, so the command runs in seconds."""
-    return write_simulated_dataset(
-        tmp_path_factory.mktemp("coarse") / "bids",
-        labels=["coarse"],
-        modalities=("T1w", "T2w"),
-        voxel_size=4.0,
-        seed=98,
-    )
+    return _t1w_t2w_phantom(tmp_path_factory, "coarse", voxel_size=4.0, seed=98)
 
 
 def test_eval_command_writes_scores_and_the_patch_size_it_used(coarse, tmp_path):
