@@ -64,6 +64,8 @@ def test_participant_run_writes_derivatives(app_run):
                     "SynthesisSoftwareVersions"):  # fmt: skip
             assert key in side, key
         assert len(side["Model"]["Checkpoints"]["Synthesis"]["SHA256"]) == 64
+        # no --batch-size: 20-voxel patches go two to a pass, and the sidecar says so
+        assert side["Inference"]["BatchSize"] == 2
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Name"] == "tumsyn-bids"
@@ -150,6 +152,7 @@ def test_dry_run_prompts_are_the_hand_written_ones(tmp_path, capsys):
         ("output-is-another-dataset", 73),
         ("unknown-target", 64),
         ("nothing-selected", 66),
+        ("zero-batch-size", 64),
     ],
 )
 def test_exit_codes(tmp_path, case, code, capsys):
@@ -183,6 +186,8 @@ def test_exit_codes(tmp_path, case, code, capsys):
         extra += ["--target", "CT"]
     elif case == "nothing-selected":
         extra += ["--source", "FLAIR"]
+    elif case == "zero-batch-size":
+        extra += ["--batch-size", "0"]
     assert _exit_code(args + extra) == code
     assert "Traceback" not in capsys.readouterr().err
 

@@ -82,7 +82,7 @@ def coarse(tmp_path_factory):
     return _t1w_t2w_phantom(tmp_path_factory, "coarse", voxel_size=4.0, seed=98)
 
 
-def test_eval_command_writes_scores_and_the_patch_size_it_used(coarse, tmp_path):
+def test_eval_command_writes_scores_and_the_patch_and_batch_size_it_used(coarse, tmp_path):
     import json
 
     out = tmp_path / "eval"
@@ -90,6 +90,7 @@ def test_eval_command_writes_scores_and_the_patch_size_it_used(coarse, tmp_path)
     assert tumsyn_eval([*args, "--patch-size", "64", "60", "56"]) == 0
     report = json.loads((out / "evaluation.json").read_text())
     assert report["patch_size"] == [64, 60, 56]
+    assert report["batch_size"] == 1  # patches above 24^3 voxels: one per pass by default
     assert report["model"]["name"] == "tumsyn-bids-demo-phantom"
     assert sorted(row["method"] for row in report["summary"]) == ["histmatch", "model", "source"]
     assert set(report["psnr_margin_over_better_baseline_db"]) == {"T1w->T2w"}

@@ -22,8 +22,10 @@ from .. import __version__  # noqa: E402
 from . import errors  # noqa: E402
 from .parsing import (  # noqa: E402
     UsageError,
+    add_batch_size_argument,
     add_patch_size_argument,
     add_weight_arguments,
+    batch_size,
     patch_size,
     weights_or_demo,
 )
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_weight_arguments(p)
     p.add_argument("--text-heads", type=int)
     add_patch_size_argument(p)
+    add_batch_size_argument(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-te-check", action="store_true", help="skip the echo-time check")
     p.add_argument("--save-images", action="store_true", help="also write predictions and truth")
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
         )
         patch_ijk = patch_size(args.patch_size, checkpoint)
+        batches = batch_size(args.batch_size, patch_ijk)
     except (UsageError, ValueError) as exc:
         LOGGER.error("%s", exc)
         return errors.EX_USAGE
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             args.dataset,
         )
         return errors.EX_NOINPUT
-    settings = PatchSettings(patch_ijk[::-1], patch_ijk[::-1])
+    settings = PatchSettings(patch_ijk[::-1], patch_ijk[::-1], batch_size=batches)
     labels = args.participant_label
     save = args.out_dir / "images" if args.save_images else None
     try:
@@ -127,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             "name": checkpoint_metadata(checkpoint).get("model_name", "TUMSyn"),
         },
         "patch_size": list(patch_ijk),
+        "batch_size": batches,
         "summary": summary.to_dict(orient="records"),
         "psnr_margin_over_better_baseline_db": margin,
     }

@@ -22,8 +22,10 @@ from .. import __version__  # noqa: E402
 from . import errors  # noqa: E402
 from .parsing import (  # noqa: E402
     UsageError,
+    add_batch_size_argument,
     add_patch_size_argument,
     add_weight_arguments,
+    batch_size,
     one_or_three,
     patch_size,
     weights_or_demo,
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     add_patch_size_argument(s)
     s.add_argument("--overlap", type=float, default=0.5)
-    s.add_argument("--batch-size", type=int, default=1)
+    add_batch_size_argument(s)
     s.add_argument("--reference", action="store_true", help="the authors' loop, exactly")
     s.add_argument("--dry-run", action="store_true", help="print the plan; load no model")
 
@@ -380,6 +382,7 @@ def run_plan(plan, args: argparse.Namespace) -> int:
 
     checkpoint, text_encoder = resolve_weights(args)
     args.patch_size = patch_size(args.patch_size, checkpoint)
+    args.batch_size = batch_size(args.batch_size, args.patch_size)
     plugin, plugin_args = plugin_settings(args)
     model = ModelSpec(
         checkpoint=str(checkpoint),
@@ -448,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             one_or_three(args.patch_size, "--patch-size", 0)
         if not 0 <= args.overlap < 1:
             raise CLIError(errors.EX_USAGE, "--overlap must be in [0, 1)")
+        if args.batch_size is not None and args.batch_size < 1:
+            raise CLIError(errors.EX_USAGE, "--batch-size must be at least 1")
         check_paths(args)
         if args.analysis_level == "group":
             code = run_group(args)

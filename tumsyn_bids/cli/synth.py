@@ -17,8 +17,10 @@ from .. import __version__
 from .errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_USAGE
 from .parsing import (
     UsageError,
+    add_batch_size_argument,
     add_patch_size_argument,
     add_weight_arguments,
+    batch_size,
     one_or_three,
     patch_size,
     weights_or_demo,
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_patch_size_argument(p)
     p.add_argument("--overlap", type=float, default=0.5, help="patch overlap ratio in [0, 1)")
-    p.add_argument("--batch-size", type=int, default=1, help="patches per forward pass")
+    add_batch_size_argument(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument(
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             patch_size=patch_ijk[::-1],
             scale=scale_ijk[::-1],
             overlap=args.overlap,
-            batch_size=args.batch_size,
+            batch_size=batch_size(args.batch_size, patch_ijk),
             reference=args.reference,
         )
     except FileNotFoundError as exc:
