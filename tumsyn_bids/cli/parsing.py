@@ -77,8 +77,9 @@ def default_batch_size(patch_ijk: Sequence[int]) -> int:
     32 features: 12,800) runs on its slow native kernel, two patches per pass on oneDNN. Measured
     on 2 CPU cores with the demo model, whole volumes: 2.4x (16-voxel patches), 2.7x (20) and
     3.7x (24) faster than one patch per pass; at 30, 40 and 60 voxels one patch per pass was as
-    fast or faster, so larger patches (the authors' 60) keep it. On a GPU two small patches per
-    pass cost no more than one. Batching changes values only at float-rounding level (< 1e-6).
+    fast or faster, so larger patches (the authors' 60) keep it. (Not measured on a GPU, where one
+    small patch leaves most of the device idle.) Batching changes values only at float-rounding
+    level (< 1e-6).
     """
     voxels = 1
     for side in patch_ijk:
