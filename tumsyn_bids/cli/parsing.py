@@ -97,13 +97,16 @@ def add_batch_size_argument(parser) -> None:
     )
 
 
+def check_batch_size(value: int | None) -> None:
+    """Refuse a ``--batch-size`` below 1 (None: not given, the default applies)."""
+    if value is not None and value < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {value}")
+
+
 def batch_size(value: int | None, patch_ijk: Sequence[int]) -> int:
     """``--batch-size``: the value given (at least 1), else :func:`default_batch_size`."""
-    if value is None:
-        return default_batch_size(patch_ijk)
-    if value < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {value}")
-    return int(value)
+    check_batch_size(value)
+    return default_batch_size(patch_ijk) if value is None else int(value)
 
 
 def weights_or_demo(checkpoint: str | None, text_encoder: str | None) -> tuple[Path, Path]:

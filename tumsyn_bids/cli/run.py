@@ -26,6 +26,7 @@ from .parsing import (  # noqa: E402
     add_patch_size_argument,
     add_weight_arguments,
     batch_size,
+    check_batch_size,
     one_or_three,
     patch_size,
     weights_or_demo,
@@ -451,8 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             one_or_three(args.patch_size, "--patch-size", 0)
         if not 0 <= args.overlap < 1:
             raise CLIError(errors.EX_USAGE, "--overlap must be in [0, 1)")
-        if args.batch_size is not None and args.batch_size < 1:
-            raise CLIError(errors.EX_USAGE, "--batch-size must be at least 1")
+        check_batch_size(args.batch_size)  # checked now; resolved with the patch in run_plan
         check_paths(args)
         if args.analysis_level == "group":
             code = run_group(args)
