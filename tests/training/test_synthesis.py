@@ -111,7 +111,7 @@ def run(bids, text_encoder, tmp_path_factory) -> Path:
         "--val-participant-label", "03",
         "--patches-per-pair", "3",
         "--epochs", "2", "--epoch-val", "1", "--epoch-save", "1",
-        "--augment-blur", "0.5", "--augment-noise", "0.05",
+        "--augment-blur", "0.5", "--augment-noise", "0.05", "--val-scale", "1",
     )  # fmt: skip
     assert rc == 0
     return out
@@ -142,6 +142,7 @@ def test_checkpoints_in_the_authors_format(run, text_encoder):
     assert extra["global_step"] == 4  # 3 patches, batches of 2, 2 epochs
     assert extra["scheduler"]["last_epoch"] == 2
     assert extra["config"]["n_feats"] == 8
+    assert extra["config"]["val_scale"] == 1.0
     assert extra["sampling"] == {
         "scale_min": 1.0, "scale_max": 3.0, "lr_size": 8, "sample_q": 64,
         "blur_max": 0.5, "noise_max": 0.05,
@@ -248,11 +249,18 @@ def test_resume_refusals(bids, text_encoder, straight, tmp_path, caplog):
     assert "n_feats: checkpoint 8, options 16" in caplog.text
 
 
-def test_negative_augmentation_is_refused(bids, text_encoder, tmp_path, caplog):
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--augment-noise", "-0.1"), "--augment-blur and --augment-noise must be >= 0"),
+        (("--val-scale", "0.5"), "--val-scale must be at least 1 (got 0.5)"),
+    ],
+)
+def test_bad_sampling_options_are_refused(bids, text_encoder, tmp_path, caplog, option, message):
     caplog.set_level(logging.ERROR)
-    rc = _train(bids, tmp_path / "out", text_encoder, *RESUME_OPTS, "--augment-noise", "-0.1")
+    rc = _train(bids, tmp_path / "out", text_encoder, *RESUME_OPTS, *option)
     assert rc == errors.EX_DATAERR
-    assert "--augment-blur and --augment-noise must be >= 0" in caplog.text
+    assert message in caplog.text
     assert not (tmp_path / "out" / "epoch-last.pth").exists()
 
 
@@ -357,6 +365,23 @@ def test_degradation_changes_the_inputs_only_and_never_validation():
     assert len(val_plain) == len(val_degraded)
     for x, y in zip(val_plain, val_degraded, strict=True):
         assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_val_scale_fixes_the_scale_of_validation_patches():
+    from tumsyn_bids.training.synthesis import PairVolumes, validation_examples
+
+    vol = np.random.default_rng(1).uniform(0.1, 1, (30, 30, 30)).astype(np.float32)
+    pair = PairVolumes(vol, vol[::-1].copy(), 0, 1, "p")
+    # every voxel of the HR cube is queried, so at scale 1 the queries are the LR patch itself
+    sampling = Sampling(2.0, 3.0, 8, 8**3)
+
+    def same_voxels(example: dict[str, torch.Tensor]) -> bool:
+        lr = example["src_lr"].flatten().sort().values
+        return torch.equal(lr, example["src_hr"].sort().values)
+
+    assert not any(same_voxels(e) for e in validation_examples([pair], sampling, seed=3))
+    fixed = validation_examples([pair], sampling, seed=3, scale=1.0)
+    assert fixed and all(same_voxels(e) for e in fixed)
 
 
 def test_torchrun_two_processes(bids, text_encoder, tmp_path):

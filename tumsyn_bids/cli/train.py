@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = s2.add_argument_group("patch sampling and schedule (defaults: the paper's)")
     g.add_argument("--scale-min", type=float, default=1.0)
     g.add_argument("--scale-max", type=float, default=3.0)
+    g.add_argument(
+        "--val-scale",
+        type=float,
+        metavar="S",
+        help="draw the validation patches at this one scale (1: synthesis at the acquired "
+        "resolution, what epoch-best is then chosen on); default: in [scale-min, scale-max] "
+        "like the training patches",
+    )
     g.add_argument("--lr-size", type=int, default=20, help="low-resolution patch side")
     g.add_argument("--sample-q", type=int, default=8000, help="query points per patch")
     g.add_argument("--patches-per-pair", type=int, default=1, help="patches per pair per epoch")
@@ -186,6 +194,7 @@ def make_config(args: argparse.Namespace):
         decoder_hidden=tuple(args.decoder_hidden),
         scale_min=args.scale_min,
         scale_max=args.scale_max,
+        val_scale=args.val_scale,
         lr_size=args.lr_size,
         sample_q=args.sample_q,
         augment_blur=args.augment_blur,

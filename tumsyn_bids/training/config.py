@@ -76,6 +76,9 @@ class SynthesisTrainingConfig(CommonConfig):
     #: rounded to 0.1, downsampled to ``lr_size``; ``sample_q`` query points per patch.
     scale_min: float = 1.0
     scale_max: float = 3.0
+    #: Draw every validation patch at this one scale instead of in [scale_min, scale_max]; 1
+    #: scores synthesis at the acquired resolution, which a mixed-scale score can hide.
+    val_scale: float | None = None
     lr_size: int = 20
     sample_q: int = 8000
     #: Upper bounds of the random input degradation (see :mod:`.augmentation`): Gaussian blur
