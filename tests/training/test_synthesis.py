@@ -249,6 +249,20 @@ def test_resume_refusals(bids, text_encoder, straight, tmp_path, caplog):
     assert "n_feats: checkpoint 8, options 16" in caplog.text
 
 
+def test_resume_warns_when_validation_changes_scale(bids, text_encoder, straight, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "epoch-last.pth").write_bytes((straight / "epoch-last.pth").read_bytes())
+    rc = _train(bids, copy, text_encoder, *RESUME_OPTS, "--epochs", "2", "--resume")
+    assert rc == 0 and "val_scale" not in caplog.text
+    rc = _train(
+        bids, copy, text_encoder, *RESUME_OPTS, "--epochs", "2", "--resume", "--val-scale", "1"
+    )
+    assert rc == 0
+    assert "val_scale=1.0 (the checkpoint's run had None)" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [

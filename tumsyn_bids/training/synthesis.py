@@ -523,7 +523,7 @@ def _resume(
             saved_text[:12],
             meta["text_encoder"]["sha256"][:12],
         )
-    warn_if_run_changed(extra, meta, ("batches_per_epoch", "sampling"), path)
+    warn_if_run_changed(extra, meta, ("batches_per_epoch", "sampling", "val_scale"), path)
     state = RunState(**extra["run_state"])
     state.epoch = int(ckpt["epoch"])
     return state
@@ -671,6 +671,7 @@ def _metadata(
         "text_encoder": data.text_encoder,
         "init_from": init_from,
         "sampling": dict(sampling.__dict__),
+        "val_scale": config.val_scale,
         "world_size": ctx.world_size,
         "batches_per_epoch": batches_per_epoch,
         "n_train_pairs": len(data.train),
