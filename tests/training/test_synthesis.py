@@ -174,6 +174,11 @@ def test_logs(run):
     val = read_metrics(run / "val_log.jsonl")
     assert [r["epoch"] for r in val] == [1, 2]
     assert all(np.isfinite(r["val_psnr"]) and r["n_patches"] == 4 for r in val)
+    # sub-03's one pair runs T1w -> T2w (sources sort first): per-target scores are its directions
+    for r in val:
+        assert r["psnr_to_T2w"] == pytest.approx(r["psnr_src_to_tgt"])
+        assert r["psnr_to_T1w"] == pytest.approx(r["psnr_tgt_to_src"])
+    assert "psnr_to_T1w,psnr_to_T2w" in (run / "val_log.csv").read_text()
     assert (run / "config.json").is_file()
 
 

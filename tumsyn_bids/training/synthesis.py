@@ -434,8 +434,14 @@ def evaluate(
     table: torch.Tensor,
     device: torch.device,
     batch_size: int,
+    prompt_suffixes: Sequence[str] = (),
 ) -> dict[str, float]:
-    """Mean PSNR over the validation patches in both directions (eval-mode BatchNorm)."""
+    """Mean PSNR over the validation patches in both directions (eval-mode BatchNorm).
+
+    With ``prompt_suffixes`` (the modality of each prompt id), also the mean PSNR of the
+    predictions of each target modality, ``psnr_to_<suffix>``: one task can regress while the
+    overall mean holds.
+    """
     was_training = network.training
     network.eval()
     forward = BidirectionalSynthesis(network)
@@ -447,13 +453,22 @@ def evaluate(
         to_tgt.append(psnr(pred_tgt, batch["tgt_hr"]).cpu())
         to_src.append(psnr(pred_src, batch["src_hr"]).cpu())
     network.train(was_training)
-    a, b = float(torch.cat(to_tgt).mean()), float(torch.cat(to_src).mean())
-    return {
+    src_to_tgt, tgt_to_src = torch.cat(to_tgt), torch.cat(to_src)
+    a, b = float(src_to_tgt.mean()), float(tgt_to_src.mean())
+    scores = {
         "psnr_src_to_tgt": a,
         "psnr_tgt_to_src": b,
         "val_psnr": (a + b) / 2,
         "n_patches": len(examples),
     }
+    if prompt_suffixes:
+        per_target: dict[str, list[float]] = {}
+        for example, x, y in zip(examples, src_to_tgt.tolist(), tgt_to_src.tolist(), strict=True):
+            per_target.setdefault(prompt_suffixes[int(example["tgt_prompt"])], []).append(x)
+            per_target.setdefault(prompt_suffixes[int(example["src_prompt"])], []).append(y)
+        for suffix in sorted(per_target):
+            scores[f"psnr_to_{suffix}"] = float(np.mean(per_target[suffix]))
+    return scores
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -614,6 +629,8 @@ class PreparedData:
     n_val_pairs: int
     val_examples: list[dict[str, torch.Tensor]]
     prompts: list[str]
+    #: The modality (BIDS suffix) of each prompt: a prompt names its modality, so it has one.
+    prompt_suffixes: list[str]
     #: (n_prompts, embed_dim) float32 on the CPU; ``src_prompt``/``tgt_prompt`` index its rows.
     table: torch.Tensor
     text_encoder: dict[str, Any]
@@ -638,6 +655,7 @@ def prepare_data(
     }
     del text, encoder  # frozen and no longer needed: only the embeddings are
     prompts = list(embeddings)
+    suffixes = {i.prompt: i.suffix for p in [*pairs, *val_pairs] for i in (p.source, p.target)}
     prompt_ids = {p: i for i, p in enumerate(prompts)}
     val_data = load_pairs(val_pairs, prompt_ids, show_progress)
     return PreparedData(
@@ -645,6 +663,7 @@ def prepare_data(
         n_val_pairs=len(val_data),
         val_examples=validation_examples(val_data, sampling, config.seed, config.val_scale),
         prompts=prompts,
+        prompt_suffixes=[suffixes[p] for p in prompts],
         table=torch.stack([embeddings[p] for p in prompts]),
         text_encoder=record,
     )
@@ -811,7 +830,14 @@ def _train(config: SynthesisTrainingConfig, ctx: DistributedContext) -> Path:
         # Only rank 0 validates and saves, so only its record of the best matters.
         if (epoch % config.epoch_val == 0 or epoch == config.epochs) and ctx.is_main:
             if data.val_examples:
-                scores = evaluate(network, data.val_examples, table, ctx.device, config.batch_size)
+                scores = evaluate(
+                    network,
+                    data.val_examples,
+                    table,
+                    ctx.device,
+                    config.batch_size,
+                    data.prompt_suffixes,
+                )
                 val_log.write({"epoch": epoch, "step": state.step, **scores})
                 info.append(f"val PSNR {scores['val_psnr']:.2f} dB")
                 metric, value = "val_psnr", scores["val_psnr"]
