@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,10 +82,7 @@ def default_batch_size(patch_ijk: Sequence[int]) -> int:
     small patch leaves most of the device idle.) Batching changes values only at float-rounding
     level (< 1e-6).
     """
-    voxels = 1
-    for side in patch_ijk:
-        voxels *= int(side)
-    return 2 if voxels <= SMALL_PATCH_VOXELS else 1
+    return 2 if math.prod(int(side) for side in patch_ijk) <= SMALL_PATCH_VOXELS else 1
 
 
 def add_batch_size_argument(parser) -> None:
