@@ -33,6 +33,8 @@ class ImageInfo:
 
     voxel_size: tuple[float, float, float] | None = None
     shape: tuple[int, ...] | None = None
+    #: The 4x4 voxel (i, j, k) -> RAS+ mm affine nibabel uses for the data, as nested tuples.
+    affine: tuple[tuple[float, ...], ...] | None = None
     error: str | None = None
 
 
@@ -79,6 +81,7 @@ def probe_image(path: str | os.PathLike[str], display_name: str | None = None) -
         header = image.header
         shape = tuple(int(n) for n in image.shape)
         zooms = tuple(float(z) for z in header.get_zooms())
+        affine = tuple(tuple(float(v) for v in row) for row in image.affine)
     except Exception as exc:  # noqa: BLE001 - any header failure is this image's problem only
         detail = " ".join(str(exc).split()) or type(exc).__name__
         return fail(f"not a readable NIfTI image ({detail})")
@@ -96,4 +99,4 @@ def probe_image(path: str | os.PathLike[str], display_name: str | None = None) -
             shape=shape,
             error=f"{name}: header voxel size {voxel_size} is not positive",
         )
-    return ImageInfo(voxel_size=voxel_size, shape=shape)  # type: ignore[arg-type]
+    return ImageInfo(voxel_size=voxel_size, shape=shape, affine=affine)  # type: ignore[arg-type]

@@ -208,6 +208,8 @@ class ScanRecord:
     demographics: Demographics = field(default_factory=Demographics)
     voxel_size: tuple[float, float, float] | None = None
     shape: tuple[int, ...] | None = None
+    #: voxel (i, j, k) -> RAS+ mm affine of the image (4x4 nested tuples); None if unreadable.
+    affine: tuple[tuple[float, ...], ...] | None = None
     prompt: str | None = None
     error: str | None = None
 
@@ -539,6 +541,7 @@ def _make_record(
         demographics=demographics,
         voxel_size=info.voxel_size,
         shape=info.shape,
+        affine=info.affine,
         prompt=prompt,
         error="\n".join(problems) or None,
     )
