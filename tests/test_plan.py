@@ -19,7 +19,10 @@ def test_missing_targets_and_output_grid(index):
     assert sorted(set(plan["target_suffix"])) == ["FLAIR", "PDw", "T2starw", "T2w"]
     row = plan.iloc[0]
     assert row["status"] == "planned"
-    assert row["scale_ijk"] == pytest.approx((2.0, 2.0, 2.0), rel=1e-6)
+    grid = row["output_grid"]
+    # the dataset's 21 x 23 x 27 images of 1 x 1.2 x 1.5 mm: exactly twice the voxels
+    assert grid.shape == (42, 46, 54)
+    assert grid.voxel_size == pytest.approx((0.5, 0.6, 0.75), abs=1e-12)
     assert "Voxel size: (0.5, 0.6, 0.75)" in row["target_prompt"]
 
 

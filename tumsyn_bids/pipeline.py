@@ -6,7 +6,6 @@ module only runs what it is given and returns the plan with every job's final st
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import platform
 import time
@@ -29,10 +28,10 @@ from .bids.derivatives import (
     write_citation,
     write_dataset_description,
 )
-from .model.checkpoints import checkpoint_metadata, file_sha256
-from .model.inference import resolve_device
+from .config import RunConfig
+from .model.metadata import DEFAULT_TEXT_HEADS, file_sha256, recorded_metadata
 from .plan import write_plan_tsv
-from .workflows import ModelSpec, init_tumsyn_wf
+from .workflows import init_tumsyn_wf
 
 LOGGER = logging.getLogger("tumsyn_bids.pipeline")
 
@@ -101,18 +100,19 @@ def write_job_records(final: pd.DataFrame, output_dir: Path, work_dir: Path) -> 
     return written
 
 
-def build_sidecars(
-    plan: pd.DataFrame, model: ModelSpec, device_type: str
-) -> dict[str, dict[str, Any]]:
+def build_sidecars(plan: pd.DataFrame, config: RunConfig) -> dict[str, dict[str, Any]]:
     """The JSON sidecar of every planned output (nothing in it depends on the run's timing)."""
-    recorded = checkpoint_metadata(model.checkpoint)
-    heads = model.text_heads or checkpoint_metadata(model.text_encoder).get("transformer_heads")
+    inference = config.inference
+    recorded = recorded_metadata(inference.checkpoint)
+    heads = inference.text_heads or recorded_metadata(inference.text_encoder).get(
+        "transformer_heads"
+    )
     model_info = model_record(
-        Path(model.checkpoint).name,
-        file_sha256(model.checkpoint),
-        Path(model.text_encoder).name,
-        file_sha256(model.text_encoder),
-        text_heads=int(heads or model.heads),
+        Path(inference.checkpoint).name,
+        file_sha256(inference.checkpoint),
+        Path(inference.text_encoder).name,
+        file_sha256(inference.text_encoder),
+        text_heads=int(heads or DEFAULT_TEXT_HEADS),
         # Files written by tumsyn-train record their settings; unnamed ones are not the
         # published weights either, so they must not be credited to Zenodo's record.
         name=recorded.get("model_name") or ("TUMSyn (tumsyn-train)" if recorded else None),
@@ -121,15 +121,15 @@ def build_sidecars(
     versions = software_versions()
     sidecars = {}
     for row in plan[plan["status"] == "planned"].itertuples(index=False):
-        resampled = any(abs(s - 1.0) > 1e-9 for s in row.scale_ijk)
-        voxel = list(row.output_voxel_size) if resampled else None
-        inference = inference_record(
-            patch_size=model.patch_size,
-            overlap=model.overlap,
-            batch_size=model.batch_size,
-            device=device_type,
-            precision=model.precision,
-            reference=model.reference,
+        grid = row.output_grid
+        voxel = None if grid.is_identity else list(grid.voxel_size)
+        record = inference_record(
+            patch_size=inference.patch_size,
+            overlap=inference.overlap,
+            batch_size=inference.batch_size,
+            device=inference.device_type or inference.device,
+            precision=inference.precision,
+            reference=inference.reference,
             output_voxel_size=voxel,
         )
         sidecars[row.output] = synthesis_sidecar(
@@ -138,47 +138,45 @@ def build_sidecars(
             source_prompt=row.source_prompt,
             target_prompt=row.target_prompt,
             model=model_info,
-            inference=inference,
+            inference=record,
             software=versions,
-            target_protocol={**row.target_protocol, "VoxelSize": list(row.output_voxel_size)},
+            target_protocol={**row.target_protocol, "VoxelSize": list(grid.voxel_size)},
             output_voxel_size=voxel,
         )
     return sidecars
 
 
-def execute_plan(
-    plan: pd.DataFrame,
-    *,
-    bids_dir: Path,
-    output_dir: Path,
-    work_dir: Path,
-    model: ModelSpec,
-    plugin: str,
-    plugin_args: dict[str, Any],
-    run_config: dict[str, Any],
-    write_graph: bool = False,
-    stop_on_first_crash: bool = False,
-) -> pd.DataFrame:
-    """Run every planned job; return the plan with ``done``/``failed`` statuses filled in."""
+def citation_settings(config: RunConfig) -> dict[str, Any]:
+    """The settings the citation boilerplate states (``logs/CITATION.md``)."""
+    settings = dict(config.inference.settings_record())
+    settings["targets"] = list(config.request.targets)
+    settings["sources"] = list(config.request.sources)
+    resolution = config.request.output_resolution
+    settings["output_voxel_size"] = list(resolution) if resolution else None
+    return settings
+
+
+def execute_plan(plan: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+    """Run every planned job of ``plan`` as ``config`` says; return the plan with
+    ``done``/``failed`` statuses filled in."""
     from nipype import config as nipype_config
 
-    device_type = resolve_device(model.device).type
-    sidecars = build_sidecars(plan, model, device_type)
-    settings = {
-        k: v
-        for k, v in dataclasses.asdict(model).items()
-        if k not in ("checkpoint", "text_encoder")
-    }
-    settings["device"] = device_type
+    output_dir, work_dir = config.output_dir, config.execution.work_dir
+    execution = config.execution
+    sidecars = build_sidecars(plan, config)
+    write_dataset_description(
+        output_dir, config.bids_dir, __version__, container=detect_container()
+    )
+    write_citation(output_dir, __version__, citation_settings(config))
 
-    write_dataset_description(output_dir, bids_dir, __version__, container=detect_container())
-    write_citation(output_dir, __version__, settings)
-    atomic_write_json(output_dir / "logs" / "config.json", {**run_config, "inference": settings})
-
-    nipype_config.set("execution", "stop_on_first_crash", str(stop_on_first_crash).lower())
+    nipype_config.set(
+        "execution", "stop_on_first_crash", str(execution.stop_on_first_crash).lower()
+    )
     nipype_config.set("execution", "remove_unnecessary_outputs", "false")
-    workflow = init_tumsyn_wf(plan, bids_dir, output_dir, work_dir, model, sidecars)
-    if write_graph:
+    workflow = init_tumsyn_wf(
+        plan, config.bids_dir, output_dir, work_dir, config.inference, sidecars
+    )
+    if execution.write_graph:
         try:
             workflow.write_graph(graph2use="colored", format="svg", simple_form=True)
         except OSError as exc:  # graphviz's `dot` is missing: the .dot file is still written
@@ -186,7 +184,7 @@ def execute_plan(
     started = time.time()
     if workflow.list_node_names():
         try:
-            workflow.run(plugin=plugin, plugin_args=plugin_args)
+            workflow.run(plugin=execution.plugin, plugin_args=dict(execution.plugin_args))
         except Exception as exc:  # nipype raises RuntimeError listing the crashed nodes
             LOGGER.warning("nipype reported: %s", exc)
     final = plan.copy()

@@ -16,15 +16,18 @@ Rules:
   of ``target_like`` (``--target-like``) over the built-in defaults
   (``tumsyn_bids/data/default_protocols.json``). Field strength and manufacturer missing from the
   target come from the source image.
-* **Output grid.** ``output_resolution=None`` keeps the source grid; three numbers (mm, along
-  the image's i, j, k axes) give a scaled grid over the same field of view.
+* **Output grid.** One :class:`~tumsyn_bids.model.grid.OutputGrid` per job (column
+  ``output_grid``), from :func:`~tumsyn_bids.model.grid.output_grid` (numpy only):
+  ``output_resolution=None`` keeps the source grid; three numbers (mm, along the image's i, j, k
+  axes) give exactly that voxel size over the source's field of view, centred (the rule is in
+  that module's docstring); with ``reference=True`` the authors' rounding applies. The target
+  prompt's ``Voxel size``, the sidecar, the workflow and the post-processing check all read it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -35,12 +38,20 @@ import pandas as pd
 from .bids.derivatives import atomic_write_text, derivative_relpath, is_finished
 from .bids.layout import ScanIndex, ScanRecord
 from .bids.modalities import modality_table, resolve_modality
-from .model.tokenizer import CONTEXT_LENGTH, count_tokens
+from .config import DEFAULT_SOURCES, SUPPORTED_TARGETS, SynthesisRequest
+from .model.grid import GridError, OutputGrid, output_grid
+from .model.tokenizer import count_tokens
 from .prompts import PromptError, Protocol, protocol_from_sidecar, target_prompt
 
-#: Suffixes TUMSyn can synthesize (those with a default protocol), in default source order.
-SUPPORTED_TARGETS: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw", "T2starw")
-DEFAULT_SOURCES: tuple[str, ...] = SUPPORTED_TARGETS
+__all__ = [
+    "DEFAULT_SOURCES",
+    "PLAN_COLUMNS",
+    "SUPPORTED_TARGETS",
+    "PlanError",
+    "SynthesisRequest",
+    "build_plan",
+    "write_plan_tsv",
+]
 
 PLAN_COLUMNS: tuple[str, ...] = (
     "subject",
@@ -53,32 +64,20 @@ PLAN_COLUMNS: tuple[str, ...] = (
     "target_modality",
     "target_protocol",
     "target_prompt",
-    "output_voxel_size",
-    "scale_ijk",
+    "output_grid",
     "output",
     "status",
     "message",
 )
 """Plan columns: ``source`` and ``output`` are paths relative to the input and output roots;
-``target_protocol`` is a dict in BIDS names and units; ``scale_ijk`` output samples per input
-voxel along i, j, k; ``status`` is ``planned``, ``done`` (finished output found),
+``target_protocol`` is a dict in BIDS names and units; ``output_grid`` the job's
+:class:`~tumsyn_bids.model.grid.OutputGrid` (shape, voxel size, affine; None when the source
+cannot be used); ``status`` is ``planned``, ``done`` (finished output found),
 ``skipped`` (nothing to do) or ``error`` (this job cannot run; ``message`` says why)."""
 
 
 class PlanError(ValueError):
     """The synthesis request itself is unusable (unknown target, bad target spec)."""
-
-
-@dataclass(frozen=True)
-class SynthesisRequest:
-    """What the user asked to synthesize (already parsed and validated by the CLI)."""
-
-    targets: tuple[str, ...] = ("missing",)
-    sources: tuple[str, ...] = DEFAULT_SOURCES
-    target_specs: Mapping[str, Mapping[str, Any]] | None = None
-    target_like: Mapping[str, Any] | None = None  # {"suffix": ..., "metadata": {...}}
-    output_resolution: tuple[float, float, float] | None = None
-    context_length: int = CONTEXT_LENGTH
 
 
 @lru_cache(maxsize=1)
@@ -140,20 +139,21 @@ def _row(record: ScanRecord, **values: Any) -> dict[str, Any]:
     return row
 
 
-def _scale(record: ScanRecord, resolution: Sequence[float] | None) -> tuple[float, ...]:
-    if resolution is None or record.voxel_size is None:
-        return (1.0, 1.0, 1.0)
-    return tuple(z / r for z, r in zip(record.voxel_size, resolution, strict=True))
-
-
 def build_plan(
     index: ScanIndex,
     request: SynthesisRequest,
     output_dir: str | Path | None = None,
     overwrite: bool = False,
     modalities: Mapping[str, str | None] | None = None,
+    *,
+    patch_size: Sequence[int] | None = None,
+    reference: bool = False,
 ) -> pd.DataFrame:
-    """The plan table for every subject/session of ``index`` (see the module docstring)."""
+    """The plan table for every subject/session of ``index`` (see the module docstring).
+
+    ``patch_size`` (i, j, k voxels) is needed with ``reference=True``, whose output grids
+    depend on it. Raises :class:`PlanError` for an unusable request.
+    """
     check_request(request)
     table = modality_table(modalities)
     rows: list[dict[str, Any]] = []
@@ -176,7 +176,11 @@ def build_plan(
             continue
         for record in sources:
             for target in _targets_for(present, record.suffix, request):
-                rows.append(_plan_job(record, target, request, table, output_dir, overwrite))
+                rows.append(
+                    _plan_job(
+                        record, target, request, table, output_dir, overwrite, patch_size, reference
+                    )
+                )
     frame = pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
     return frame.sort_values(
         ["subject", "session", "source", "target_suffix"], na_position="first", kind="stable"
@@ -190,19 +194,24 @@ def _plan_job(
     table: Mapping[str, str],
     output_dir: str | Path | None,
     overwrite: bool,
+    patch_size: Sequence[int] | None,
+    reference: bool,
 ) -> dict[str, Any]:
     modality = resolve_modality(target, {}, table) or target
     output = derivative_relpath(record.relpath, target, record.suffix)
     metadata = _target_metadata(target, request)
-    voxel = tuple(request.output_resolution or record.voxel_size or (None, None, None))
     base = {
         "target_suffix": target,
         "target_modality": modality,
         "target_protocol": metadata,
-        "output_voxel_size": voxel,
-        "scale_ijk": _scale(record, request.output_resolution),
         "output": output,
     }
+    try:
+        grid = job_grid(record, request.output_resolution, patch_size, reference)
+    except GridError as exc:
+        return _row(record, **base, status="error", message=f"{record.relpath}: {exc}")
+    base["output_grid"] = grid
+    voxel = grid.voxel_size if grid is not None else (None, None, None)
     try:
         protocol: Protocol = protocol_from_sidecar(metadata)
         prompt = target_prompt(
@@ -226,12 +235,33 @@ def _plan_job(
     return _row(record, **base, status="planned", message="")
 
 
+def job_grid(
+    record: ScanRecord,
+    resolution: Sequence[float] | None,
+    patch_size: Sequence[int] | None,
+    reference: bool,
+) -> OutputGrid | None:
+    """The output grid of a job from ``record`` (None when its header could not be read)."""
+    if record.affine is None or record.shape is None:
+        return None
+    return output_grid(
+        record.shape[:3],
+        record.affine,
+        voxel_size=resolution,
+        patch_size=patch_size,
+        reference=reference,
+    )
+
+
 def write_plan_tsv(plan: pd.DataFrame, output_dir: str | Path) -> Path:
     """Record the plan (as planned, or as executed) in ``logs/prompts.tsv``."""
     frame = plan.copy()
     frame["target_protocol"] = [
         json.dumps(p, sort_keys=True) if isinstance(p, dict) else p
         for p in frame["target_protocol"]
+    ]
+    frame["output_grid"] = [
+        json.dumps(g.record()) if isinstance(g, OutputGrid) else g for g in frame["output_grid"]
     ]
     path = Path(output_dir) / "logs" / "prompts.tsv"
     path.parent.mkdir(parents=True, exist_ok=True)

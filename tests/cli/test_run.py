@@ -261,7 +261,8 @@ def test_plugin_yaml_and_graph(tmp_path):
                   "--participant-label", "01", "--use-plugin", plugin, "--write-graph")  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     config = json.loads((tmp_path / "out" / "logs" / "config.json").read_text())
-    assert config["plugin"]["name"] == "Linear"
+    assert config["execution"]["plugin"] == "Linear"
+    assert config["inference"]["patch_size"] == [20, 20, 20]
     assert (tmp_path / "w" / "tumsyn_wf" / "graph.dot").is_file()
     assert (tmp_path / "out" / OUTPUTS[1]).is_file()
     plugin.write_text("- not a mapping\n")
@@ -272,7 +273,7 @@ def test_plugin_yaml_and_graph(tmp_path):
 
 def test_output_resolution_grid(tmp_path):
     """``--output-resolution``: the requested voxel size over the source's field of view."""
-    from tumsyn_bids.model.volume import scaled_affine
+    from tumsyn_bids.model.grid import output_grid
 
     bids = make_dataset(tmp_path / "bids")
     res = run_app(bids, tmp_path / "out", tmp_path / "w", "--target", "T2w",
@@ -282,7 +283,9 @@ def test_output_resolution_grid(tmp_path):
     out = nib.load(tmp_path / "out" / OUTPUTS[1])
     src = nib.load(bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     assert out.shape == (42, 46, 54)
-    np.testing.assert_allclose(out.affine, scaled_affine(src.affine, (2, 2, 2)), atol=1e-5)
+    expected = output_grid(src.shape, src.affine, scale=2).affine_array
+    np.testing.assert_allclose(out.affine, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out.header.get_zooms(), (0.5, 0.6, 0.75), rtol=0, atol=1e-6)
     side = json.loads((tmp_path / "out" / OUTPUTS[1].replace(".nii.gz", ".json")).read_text())
     assert "Voxel size: (0.5, 0.6, 0.75)" in side["TargetPrompt"]
 

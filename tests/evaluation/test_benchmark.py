@@ -9,22 +9,29 @@ from __future__ import annotations
 import pytest
 
 from tumsyn_bids.cli.evaluate import main as tumsyn_eval
-from tumsyn_bids.evaluation.benchmark import Task, evaluate, margins, te_check, te_followed
-from tumsyn_bids.model import PatchSettings, Synthesizer, load_synthesis, load_text_encoder
+from tumsyn_bids.evaluation.benchmark import (
+    Patching,
+    Task,
+    evaluate,
+    margins,
+    te_check,
+    te_followed,
+)
+from tumsyn_bids.model import Synthesizer, load_synthesis, load_text_encoder
 from tumsyn_bids.model.bundled import demo_weights
 from tumsyn_bids.simulate import write_simulated_dataset
 
 #: One 60-voxel patch per octant instead of 50 % overlap: three times faster, same model.
-FAST = PatchSettings((60, 60, 60), (60, 60, 60), overlap=0.0)
+FAST = Patching((60, 60, 60), overlap=0.0)
 
 
-def whole_volume(root) -> PatchSettings:
+def whole_volume(root) -> Patching:
     """One patch covering the whole image: fastest, but off the training patch size (the PSNR
     drops by several dB), so only used where a direction, not a level, is checked."""
     import nibabel as nib
 
-    shape = nib.load(next(root.glob("sub-*/anat/*_T1w.nii.gz"))).shape[::-1]
-    return PatchSettings(shape, shape)
+    shape = nib.load(next(root.glob("sub-*/anat/*_T1w.nii.gz"))).shape
+    return Patching(tuple(shape))
 
 
 def _t1w_t2w_phantom(factory, label: str, voxel_size: float, seed: int):

@@ -138,7 +138,7 @@ def test_official_shapes_load_strictly_and_run(tmp_path):
 
 def test_training_patch_size_is_what_stage_2_recorded(tmp_path):
     from tumsyn_bids.model.bundled import demo_weights
-    from tumsyn_bids.model.checkpoints import EXTRA_KEY, training_patch_size
+    from tumsyn_bids.model.metadata import EXTRA_KEY, training_patch_size
 
     assert training_patch_size(demo_weights()[0]) == 20  # the recipe's --lr-size
     assert training_patch_size(SMALL / "synthesis.pth") is None  # the authors' format

@@ -188,3 +188,72 @@ def test_memory_layout_does_not_change_results(small_prompts, small_synthesizer,
     prompt = small_prompts["cleaned_target1"]
     ref = small_synthesizer.synthesize(volume, prompt, s)
     np.testing.assert_allclose(plain.synthesize(volume, prompt, s), ref, atol=1e-5)
+
+
+ODD_REQUESTS = [(0.7,) * 3, (0.75,) * 3, (0.9,) * 3, (0.5, 0.6, 1.3)]
+
+
+@pytest.mark.parametrize("request_mm", ODD_REQUESTS)
+def test_exact_grid_queries_sit_where_the_affine_says(request_mm):
+    """Default mode, any voxel size: every query of every patch reads input position
+    origin + q * step (the grid's own map), and every output voxel is covered."""
+    from tumsyn_bids.model.grid import output_grid
+    from tumsyn_bids.model.volume import sampling_for
+
+    shape_ijk = (21, 23, 27)
+    grid = output_grid(shape_ijk, np.diag([1.0, 1.2, 1.5, 1.0]), voxel_size=request_mm)
+    sampling = sampling_for(grid)
+    settings = PatchSettings(patch_size=(12, 10, 8), overlap=0.5)
+    covered = np.zeros(sampling.shape, dtype=int)
+    for job in plan_patches(shape_ijk[::-1], settings, sampling):
+        for axis in range(3):
+            c, p0 = settings.patch_size[axis], job.start[axis]
+            u = job.coords[axis].double().numpy()
+            position = p0 + ((u + 1) * c - 1) / 2  # align_corners=False: u -> input voxel
+            q = job.out_start[axis] + np.arange(len(u))
+            expected = sampling.origin[axis] + q * sampling.step[axis]
+            np.testing.assert_allclose(position, expected, atol=1e-5)
+            assert np.all((position >= p0 - 0.5) & (position < p0 + c - 0.5))
+        (oz, oy, ox), (nz, ny, nx) = job.out_start, job.out_shape
+        covered[oz : oz + nz, oy : oy + ny, ox : ox + nx] += 1
+    assert covered.min() >= 1
+
+
+def test_exact_grid_values_match_the_source_grid_where_centres_coincide(
+    small_prompts, small_synthesizer, volume
+):
+    """At a third of the voxel size the centred grid puts every third output voxel exactly on
+    an input voxel centre: there the output must equal same-resolution synthesis (same
+    patches, same coordinates), which it cannot if the grid were shifted or rounded."""
+    from tumsyn_bids.model.grid import output_grid
+    from tumsyn_bids.model.volume import sampling_for
+
+    sub = np.ascontiguousarray(volume[:11, :13, :9])  # (z, y, x), odd sizes
+    prompt = small_prompts["cleaned_target1"]
+    settings = PatchSettings(patch_size=(8, 8, 8), overlap=0.5)
+    same = small_synthesizer.synthesize(sub, prompt, settings)
+    grid = output_grid(sub.shape[::-1], np.eye(4), voxel_size=1 / 3)
+    assert grid.shape == (27, 39, 33)
+    fine = small_synthesizer.synthesize(sub, prompt, settings, sampling=sampling_for(grid))
+    assert fine.shape == (33, 39, 27)
+    # (n - 1)/2 + (q - (3n - 1)/2)/3 = k  <=>  q = 3k + 1
+    np.testing.assert_allclose(fine[1::3, 1::3, 1::3], same, rtol=0, atol=1e-5)
+    assert np.abs(fine[0::3, 1::3, 1::3] - same).max() > 1e-3  # the others are new samples
+
+
+def test_foreground_mask_skips_empty_patches_and_keeps_the_brain(
+    small_prompts, small_synthesizer, volume
+):
+    prompt = small_prompts["cleaned_target1"]
+    settings = PatchSettings(patch_size=(10, 10, 10), overlap=0.5)
+    full = small_synthesizer.synthesize(volume, prompt, settings)
+    planned = small_synthesizer.last_stats.planned
+    assert small_synthesizer.last_stats.skipped == 0
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[2:8, 3:9, 4:10] = True  # a small "brain" in one corner
+    part = small_synthesizer.synthesize(volume, prompt, settings, mask=mask)
+    stats = small_synthesizer.last_stats
+    assert stats.planned == planned and stats.skipped > 0
+    assert stats.computed + stats.skipped == planned
+    np.testing.assert_allclose(part[mask], full[mask], rtol=0, atol=1e-5)
+    assert np.isfinite(part).all()

@@ -14,7 +14,7 @@ import pytest
 
 from tumsyn_bids.cli.run import main as tumsyn
 from tumsyn_bids.cli.train import main as train
-from tumsyn_bids.model.checkpoints import file_sha256
+from tumsyn_bids.model.metadata import file_sha256
 from tumsyn_bids.simulate import write_simulated_dataset
 
 TINY_STAGE1 = [

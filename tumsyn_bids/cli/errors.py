@@ -15,3 +15,11 @@ EX_NOINPUT = 66
 EX_SOFTWARE = 70
 #: An output file or folder cannot be created.
 EX_CANTCREAT = 73
+
+
+class CLIError(Exception):
+    """A failure the user can fix; carries the exit code (one of the above)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -21,6 +21,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 from .. import __version__  # noqa: E402
 from . import errors  # noqa: E402
 from .parsing import (  # noqa: E402
+    Parser,  # noqa: E402
     UsageError,
     add_batch_size_argument,
     add_patch_size_argument,
@@ -29,13 +30,12 @@ from .parsing import (  # noqa: E402
     patch_size,
     weights_or_demo,
 )
-from .run import _Parser  # noqa: E402
 
 LOGGER = logging.getLogger("tumsyn_bids")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tumsyn-eval", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="tumsyn-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", type=Path, help="a dataset written by tumsyn-simulate")
     p.add_argument("out_dir", type=Path, help="where the score tables go")
     p.add_argument("--version", action="version", version=f"tumsyn-eval {__version__}")
@@ -74,15 +74,23 @@ def markdown(summary, margin: dict[str, float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.benchmark import Task, evaluate, margins, summarise, te_check, te_followed
+    from ..evaluation.benchmark import (
+        Patching,
+        Task,
+        evaluate,
+        margins,
+        summarise,
+        te_check,
+        te_followed,
+    )
     from ..model import (
         InputImageError,
-        PatchSettings,
         Synthesizer,
         load_synthesis,
         load_text_encoder,
     )
-    from ..model.checkpoints import CheckpointError, checkpoint_metadata, file_sha256
+    from ..model.checkpoints import CheckpointError, checkpoint_metadata
+    from ..model.metadata import file_sha256
 
     try:
         tasks = [Task.parse(t) for t in args.tasks]
@@ -107,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             args.dataset,
         )
         return errors.EX_NOINPUT
-    settings = PatchSettings(patch_ijk[::-1], patch_ijk[::-1], batch_size=batches)
+    settings = Patching(patch_size=tuple(patch_ijk), batch_size=batches)
     labels = args.participant_label
     save = args.out_dir / "images" if args.save_images else None
     try:

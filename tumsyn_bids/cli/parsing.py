@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 LOGGER = logging.getLogger("tumsyn_bids")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the BIDS Apps' usage exit code (64) instead of argparse's 2."""
+
+    def error(self, message: str):
+        from .errors import EX_USAGE
+
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 class UsageError(ValueError):
@@ -38,7 +50,7 @@ def default_patch_size(checkpoint: Path) -> int:
     The fusion block pools over every voxel of a patch, so the patch extent is part of what a
     network sees; inferring on the training extent keeps it in the conditions it learned.
     """
-    from ..model.checkpoints import training_patch_size
+    from ..model.metadata import training_patch_size
 
     trained = training_patch_size(checkpoint)
     if trained:

@@ -1,7 +1,8 @@
 """``tumsyn-synth``: synthesize one image from one NIfTI file and a prompt.
 
 In the spirit of FreeSurfer's ``mri_synthsr``: no BIDS, no workflow engine, one image in, one
-image out. Patch size and scale given as three numbers are in the image's (i, j, k) voxel order.
+image out. Patch size, voxel size and scale given as three numbers are in the image's (i, j, k)
+voxel order; ``--voxel-size`` is exact (the output grid rule of :mod:`tumsyn_bids.model.grid`).
 """
 
 from __future__ import annotations
@@ -101,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
     from ..model import (
         CheckpointError,
         InputImageError,
-        PatchSettings,
         PromptTooLongError,
         Synthesizer,
         load_synthesis,
         load_text_encoder,
     )
-    from ..model.volume import load_volume, to_nifti
+    from ..model.grid import GridError
+    from ..model.volume import load_volume, synthesize_nifti
 
     out = Path(args.output)
     if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
@@ -122,23 +123,18 @@ def run(args: argparse.Namespace) -> int:
         return _fail(EX_NOINPUT, str(exc))
     try:
         prompt = args.prompt if args.prompt is not None else read_prompt_file(args.prompt_file)
-        patch_ijk = list(patch_size(args.patch_size, checkpoint))
+        patch_ijk = patch_size(args.patch_size, checkpoint)
         volume = load_volume(args.input)
-        if args.voxel_size:
-            if min(args.voxel_size) <= 0:
-                raise UsageError("--voxel-size must be positive")
-            scale_ijk = [z / v for z, v in zip(volume.zooms, args.voxel_size, strict=True)]
-        else:
-            scale_ijk = list(one_or_three(args.scale, "--scale", 1.0))
-        if min(scale_ijk) <= 0:
-            raise UsageError("--scale must be positive")
-        settings = PatchSettings.for_scale(
-            patch_size=patch_ijk[::-1],
-            scale=scale_ijk[::-1],
-            overlap=args.overlap,
-            batch_size=batch_size(args.batch_size, patch_ijk),
-            reference=args.reference,
-        )
+        if args.voxel_size and min(args.voxel_size) <= 0:
+            raise UsageError("--voxel-size must be positive")
+        scale = None
+        if args.scale:
+            scale = one_or_three(args.scale, "--scale", 1.0)
+            if min(scale) <= 0:
+                raise UsageError("--scale must be positive")
+        batch = batch_size(args.batch_size, patch_ijk)
+        if not 0 <= args.overlap < 1:
+            raise UsageError(f"--overlap must be in [0, 1), got {args.overlap}")
     except FileNotFoundError as exc:
         return _fail(EX_NOINPUT, str(exc))
     except InputImageError as exc:
@@ -147,19 +143,22 @@ def run(args: argparse.Namespace) -> int:
     except (UsageError, ValueError) as exc:
         return _fail(EX_USAGE, str(exc))
 
-    effective_ijk = settings.scale[::-1]
-    if any(abs(a - b) > 1e-6 for a, b in zip(effective_ijk, scale_ijk, strict=True)):
-        LOGGER.info(
-            "scale %s rounded to %s (whole query samples per %s-voxel patch)",
-            tuple(round(s, 4) for s in scale_ijk),
-            tuple(round(s, 4) for s in effective_ijk),
-            tuple(patch_ijk),
-        )
     try:
         network = load_synthesis(checkpoint).model
         text_encoder = load_text_encoder(text_encoder_path, heads=args.text_heads).model
         synth = Synthesizer(network, text_encoder, device=args.device, precision=args.precision)
-        result = synth.synthesize(volume.data, prompt, settings, progress=not args.quiet)
+        img, grid = synthesize_nifti(
+            synth,
+            volume,
+            prompt,
+            patch_size=patch_ijk,
+            voxel_size=args.voxel_size,
+            scale=scale,
+            overlap=args.overlap,
+            batch_size=batch,
+            reference=args.reference,
+            progress=not args.quiet,
+        )
     except CheckpointError as exc:
         code = EX_NOINPUT if "not found" in str(exc) else EX_DATAERR
         return _fail(code, str(exc))
@@ -167,17 +166,27 @@ def run(args: argparse.Namespace) -> int:
         return _fail(EX_DATAERR, f"{exc}; shorten the prompt")
     except InputImageError as exc:
         return _fail(EX_DATAERR, f"{args.input}: {exc}")
+    except GridError as exc:
+        return _fail(EX_USAGE, str(exc))
     except (RuntimeError, ValueError) as exc:
         return _fail(EX_SOFTWARE, str(exc))
 
-    if not np.isfinite(result).all():
+    if args.reference and grid.query_size is not None and args.voxel_size:
+        if any(abs(a - b) > 1e-6 for a, b in zip(grid.voxel_size, args.voxel_size, strict=True)):
+            LOGGER.info(
+                "--reference: voxel size %s rounded to %s (whole query samples per %s-voxel "
+                "patch, as the authors' loop does)",
+                tuple(args.voxel_size),
+                tuple(round(v, 4) for v in grid.voxel_size),
+                tuple(patch_ijk),
+            )
+    if not np.isfinite(np.asarray(img.dataobj)).all():
         LOGGER.warning("output has voxels no patch covered (NaN); check --patch-size/--overlap")
-    img = to_nifti(result, volume, effective_ijk)
     try:
         atomic_save_nifti(img, out)
     except OSError as exc:
         return _fail(EX_CANTCREAT, f"cannot write {out}: {exc.strerror}")
-    LOGGER.info("wrote %s", out)
+    LOGGER.info("wrote %s (%s voxels of %s mm)", out, grid.shape, grid.voxel_size)
     return 0
 
 

@@ -19,7 +19,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 
 from .. import __version__  # noqa: E402
 from . import errors  # noqa: E402
-from .run import _Parser  # noqa: E402
+from .parsing import Parser  # noqa: E402
 
 LOGGER = logging.getLogger("tumsyn_bids")
 
@@ -53,9 +53,9 @@ def _common(p: argparse.ArgumentParser, lr: float, batch_size: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tumsyn-train", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="tumsyn-train", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"tumsyn-train {__version__}")
-    sub = p.add_subparsers(dest="stage", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="stage", required=True, parser_class=Parser)
 
     s1 = sub.add_parser("text-encoder", help="stage 1: contrastive text encoder")
     _common(s1, lr=5e-4, batch_size=16)

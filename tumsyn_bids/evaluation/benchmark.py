@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from ..bids.layout import ScanRecord, index_anatomical
-from ..model.inference import InputImageError, PatchSettings, Synthesizer, percentile_normalise
-from ..model.volume import load_volume
+from ..model.inference import InputImageError, Synthesizer, percentile_normalise
+from ..model.volume import synthesize_nifti
 from ..prompts import Protocol, target_prompt
 from ..simulate import brain_mask, load_tissue_maps, render_ground_truth
 from .metrics import histogram_match, psnr, ssim, tissue_ratio
@@ -74,11 +74,28 @@ def _sessions(records: Iterable[ScanRecord]) -> dict[tuple[str, str | None], dic
     return groups
 
 
+@dataclass(frozen=True)
+class Patching:
+    """How the evaluation cuts volumes: patch size in (i, j, k) voxels, overlap, batch."""
+
+    patch_size: tuple[int, int, int] = (60, 60, 60)
+    overlap: float = 0.5
+    batch_size: int = 1
+
+
 def _synthesize(
-    synth: Synthesizer, source: ScanRecord, prompt: str, settings: PatchSettings
+    synth: Synthesizer, source: ScanRecord, prompt: str, patching: Patching
 ) -> np.ndarray:
     """The model's image in nibabel (i, j, k) order, on the source grid."""
-    return synth.synthesize(load_volume(source.path).data, prompt, settings).T
+    img, _ = synthesize_nifti(
+        synth,
+        source.path,
+        prompt,
+        patch_size=patching.patch_size,
+        overlap=patching.overlap,
+        batch_size=patching.batch_size,
+    )
+    return np.asarray(img.dataobj, dtype=np.float64)
 
 
 def _prompt(source: ScanRecord, target: str, protocol: Protocol) -> str:
@@ -91,14 +108,14 @@ def evaluate(
     dataset_dir: str | Path,
     synth: Synthesizer,
     tasks: Sequence[Task] = DEFAULT_TASKS,
-    settings: PatchSettings | None = None,
+    patching: Patching | None = None,
     participant_labels: Sequence[str] | None = None,
     save_dir: Path | None = None,
 ) -> pd.DataFrame:
     """One row per (subject, session, task, method) with PSNR (dB) and SSIM inside the brain."""
     import nibabel as nib
 
-    settings = settings or PatchSettings()
+    patching = patching or Patching()
     index = index_anatomical(dataset_dir, participant_labels=participant_labels)
     rows = []
     for (subject, session), scans in sorted(_sessions(index).items(), key=str):
@@ -113,7 +130,7 @@ def evaluate(
             truth = percentile_normalise(np.asarray(truth_img.dataobj))
             src = np.asarray(nib.load(source.path).dataobj, dtype=np.float64)
             prompt = _prompt(source, task.target, target.protocol)
-            predicted = _synthesize(synth, source, prompt, settings)
+            predicted = _synthesize(synth, source, prompt, patching)
             candidates = {
                 "model": predicted,
                 "source": src,
@@ -172,12 +189,12 @@ def margins(scores: pd.DataFrame) -> dict[str, float]:
 def te_check(
     dataset_dir: str | Path,
     synth: Synthesizer,
-    settings: PatchSettings | None = None,
+    patching: Patching | None = None,
     participant_labels: Sequence[str] | None = None,
     source_suffix: str = "T1w",
 ) -> pd.DataFrame:
     """CSF/WM ratio of T2w images at two echo times: ground truth versus the model."""
-    settings = settings or PatchSettings()
+    patching = patching or Patching()
     index = index_anatomical(dataset_dir, participant_labels=participant_labels)
     rows = []
     for (subject, session), scans in sorted(_sessions(index).items(), key=str):
@@ -191,7 +208,7 @@ def te_check(
             truth = np.asarray(
                 render_ground_truth(dataset_dir, subject, protocol, "T2w", session).dataobj
             )
-            predicted = _synthesize(synth, source, _prompt(source, "T2w", protocol), settings)
+            predicted = _synthesize(synth, source, _prompt(source, "T2w", protocol), patching)
             rows.append(
                 {
                     "subject": subject,

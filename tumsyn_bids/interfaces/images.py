@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import nibabel as nib
@@ -11,10 +12,12 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
-from ..model.volume import load_volume, scaled_affine
+from ..model.grid import GRID_ATOL, GRID_RTOL, same_grid, voxel_sizes
+from ..model.volume import from_model_order, load_volume
 
 
 class _CheckImageInputSpec(BaseInterfaceInputSpec):
@@ -41,7 +44,7 @@ class CheckImage(SimpleInterface):
         if not np.any(volume.data):
             raise ValueError(f"{self.inputs.in_file}: every voxel is zero")
         out = os.path.join(runtime.cwd, "conformed.nii.gz")
-        img = nib.Nifti1Image(volume.data.T, volume.affine, volume.header)
+        img = nib.Nifti1Image(from_model_order(volume.data), volume.affine, volume.header)
         img.set_data_dtype(np.float32)
         nib.save(img, out)
         self._results["out_file"] = out
@@ -52,9 +55,10 @@ class CheckImage(SimpleInterface):
 class _PostprocessInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="synthesized image on the model's grid")
     reference = File(exists=True, mandatory=True, desc="the source image")
-    scale_ijk = traits.Tuple(
-        traits.Float, traits.Float, traits.Float, mandatory=True, desc="output samples per voxel"
+    voxel_size = traits.Tuple(
+        traits.Float, traits.Float, traits.Float, desc="requested voxel size (mm, i, j, k)"
     )
+    expected_grid = traits.Str(desc="OutputGrid record (JSON) the image must lie on")
 
 
 class _PostprocessOutputSpec(TraitedSpec):
@@ -64,9 +68,12 @@ class _PostprocessOutputSpec(TraitedSpec):
 class Postprocess(SimpleInterface):
     """Check that the synthesized image lies on the grid requested of it, and label it.
 
-    The synthesis node writes the output grid itself (:func:`tumsyn_bids.model.volume.to_nifti`);
-    this guard catches any mismatch with the source's field of view before the image becomes a
-    derivative, and marks the header so the image cannot pass for an acquired one.
+    The synthesis node writes the output grid itself
+    (:func:`tumsyn_bids.model.volume.synthesize_nifti`); this guard compares the written header
+    with the plan's :class:`~tumsyn_bids.model.grid.OutputGrid` (``expected_grid``: same shape,
+    affine equal to float precision) and the voxel size with the request, before the image
+    becomes a derivative. It marks the header so the image cannot pass for an acquired one.
+    Raises ``ValueError`` naming the source image on a mismatch.
     """
 
     input_spec = _PostprocessInputSpec
@@ -74,15 +81,20 @@ class Postprocess(SimpleInterface):
 
     def _run_interface(self, runtime):
         img = nib.load(self.inputs.in_file)
-        ref = nib.load(self.inputs.reference)
-        # Scales are rounded to whole query samples per patch: allow that much voxel-size slack.
-        expected = scaled_affine(ref.affine, self.inputs.scale_ijk)
-        slack = 0.02 * max(ref.header.get_zooms()[:3])
-        if not np.allclose(img.affine, expected, rtol=0.02, atol=slack):
-            raise ValueError(
-                f"synthesized image of {self.inputs.reference} is not on the requested grid: "
-                f"affine {img.affine.tolist()} vs expected {expected.tolist()}"
-            )
+        where = f"synthesized image of {self.inputs.reference}"
+        if isdefined(self.inputs.expected_grid):
+            expected = json.loads(self.inputs.expected_grid)
+            if not same_grid(img.shape, img.affine, expected):
+                raise ValueError(
+                    f"{where} is not on the planned grid: shape {img.shape}, affine "
+                    f"{img.affine.tolist()}; planned {expected}"
+                )
+        if isdefined(self.inputs.voxel_size):
+            sizes = voxel_sizes(img.affine)
+            if not np.allclose(sizes, self.inputs.voxel_size, rtol=GRID_RTOL, atol=GRID_ATOL):
+                raise ValueError(
+                    f"{where} has voxels of {sizes} mm, not the requested {self.inputs.voxel_size}"
+                )
         img.header["descrip"] = b"tumsyn-bids synthesized image"
         out = os.path.join(runtime.cwd, "synthesized.nii.gz")
         nib.save(img, out)

@@ -51,8 +51,15 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     checkpoint = File(exists=True, mandatory=True, desc="synthesis weights (checkpoint.pth)")
     text_encoder = File(exists=True, mandatory=True, desc="text encoder (checkpoint_CLIP.pt)")
     text_heads = traits.Int(desc="text tower heads when the checkpoint does not record them")
-    scale_ijk = traits.Tuple(
-        traits.Float, traits.Float, traits.Float, mandatory=True, desc="output samples per voxel"
+    voxel_size = traits.Tuple(
+        traits.Float,
+        traits.Float,
+        traits.Float,
+        desc="output voxel size in mm along (i, j, k), exact, over the source's field of view "
+        "(unset: the source grid)",
+    )
+    mask_file = File(
+        exists=True, desc="brain mask on the source grid: foreground-only patches, 0 outside"
     )
     patch_size = traits.Tuple(
         traits.Int, traits.Int, traits.Int, mandatory=True, desc="patch edges along i, j, k"
@@ -68,6 +75,9 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
 
 class _SynthesizeOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="synthesized image on the output grid")
+    grid = traits.Str(desc="the output grid record (JSON: shape, voxel_size, affine)")
+    patches_computed = traits.Int(desc="patches encoded")
+    patches_skipped = traits.Int(desc="patches skipped (no foreground, or no output voxel)")
 
 
 class Synthesize(SimpleInterface):
@@ -77,10 +87,12 @@ class Synthesize(SimpleInterface):
     output_spec = _SynthesizeOutputSpec
 
     def _run_interface(self, runtime):
-        import nibabel as nib
+        import json
 
-        from ..model import PatchSettings
-        from ..model.volume import load_volume, to_nifti
+        import nibabel as nib
+        import numpy as np
+
+        from ..model.volume import synthesize_nifti
 
         inputs = self.inputs
         if isdefined(inputs.num_threads):
@@ -91,16 +103,24 @@ class Synthesize(SimpleInterface):
         synth = get_synthesizer(
             inputs.checkpoint, inputs.text_encoder, heads, inputs.device, inputs.precision
         )
-        volume = load_volume(inputs.in_file)
-        settings = PatchSettings.for_scale(
-            patch_size=tuple(inputs.patch_size)[::-1],
-            scale=tuple(inputs.scale_ijk)[::-1],
+        mask = None
+        if isdefined(inputs.mask_file):
+            mask = np.asarray(nib.load(inputs.mask_file).dataobj) > 0
+        img, grid = synthesize_nifti(
+            synth,
+            inputs.in_file,
+            inputs.prompt,
+            patch_size=tuple(inputs.patch_size),
+            voxel_size=tuple(inputs.voxel_size) if isdefined(inputs.voxel_size) else None,
             overlap=inputs.overlap,
             batch_size=inputs.batch_size,
             reference=inputs.reference,
+            mask=mask,
         )
-        result = synth.synthesize(volume.data, inputs.prompt, settings)
         out = os.path.join(runtime.cwd, "synthesized_raw.nii.gz")
-        nib.save(to_nifti(result, volume, settings.scale[::-1]), out)
+        nib.save(img, out)
         self._results["out_file"] = out
+        self._results["grid"] = json.dumps(grid.record())
+        self._results["patches_computed"] = synth.last_stats.computed
+        self._results["patches_skipped"] = synth.last_stats.skipped
         return runtime

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoints import CheckpointError
+from .errors import CheckpointError
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo_model"
 DEMO_SYNTHESIS = DEMO_DIR / "synthesis.pth"

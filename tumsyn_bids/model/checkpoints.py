@@ -15,22 +15,21 @@ inference needs ~200 MB).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import CheckpointError
+from .metadata import EXTRA_KEY, recorded_metadata
 from .network import FUSION_HEADS, SynthesisConfig, SynthesisNetwork
 from .text_encoder import DEFAULT_TEXT_HEADS, TextEncoder, text_config_from_state_dict
 
 LOGGER = logging.getLogger(__name__)
-
-#: Our own metadata key; the authors' loaders never look at it.
-EXTRA_KEY = "tumsyn_bids"
 
 #: Defaults of the encoder names registered in the authors' models/resencoder.py.
 ENCODER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -42,10 +41,6 @@ ENCODER_DEFAULTS: dict[str, dict[str, Any]] = {
 TEXT_UNUSED_PREFIXES = ("visual.", "logit_scale")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not in an expected format."""
-
-
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     """A model built from a file, with what the provenance records need."""
@@ -53,14 +48,6 @@ class LoadedCheckpoint:
     model: torch.nn.Module
     path: Path
     extra: dict[str, Any]
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -84,23 +71,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """What tumsyn-bids recorded in a checkpoint (name, intended use, heads, ...); {} if none.
-
-    Memory-mapped, so asking this of the 4 GB published CLIP file costs next to nothing.
-    """
+    """What tumsyn-bids recorded in a checkpoint; {} if none (see :mod:`.metadata`)."""
+    if zipfile.is_zipfile(path):
+        return recorded_metadata(path)
     return dict(read_checkpoint(path).get(EXTRA_KEY) or {})
-
-
-def training_patch_size(path: str | Path) -> int | None:
-    """The low-resolution patch side a tumsyn-bids stage-2 run trained these weights on.
-
-    The fusion block's attention pools over every voxel of a patch, so a model sees its
-    training patch extent as part of the input; inferring with much larger patches changes
-    its output (the bundled demo model, trained on 20-voxel patches, loses 3 dB on 60-voxel
-    ones). ``None`` for checkpoints that do not record it, such as the official weights.
-    """
-    size = (checkpoint_metadata(path).get("sampling") or {}).get("lr_size")
-    return int(size) if size else None
 
 
 def _strict_load(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:

@@ -4,20 +4,21 @@ Arrays here are in the authors' SimpleITK storage order **(z, y, x)** = nibabel 
 conversion happens in :mod:`tumsyn_bids.model.volume` and nowhere else.
 
 The loop (demo.py ``_get_pred``): normalise the whole volume by percentiles, cut overlapping
-patches, encode each patch with the prompt, decode the implicit function on a grid of query
-coordinates, and average the overlapping predictions. Output voxel ``m`` of an axis with scale
-``s`` is the value at input voxel position ``(m + 0.5) / s - 0.5``, so the output covers the input's
-field of view (see :func:`tumsyn_bids.model.volume.scaled_affine`).
+patches, encode each patch with the prompt, decode the implicit function at query coordinates,
+and average the overlapping predictions.
 
 Two placement modes share one engine:
 
 * ``reference=True`` reproduces the authors' loop exactly: patch starts with a gap taken from the
-  first patch axis for all axes, a fixed ``make_coord`` grid per patch and truncating placement
-  ``int(start * scale)``. With a non-integer scale that truncation shifts some patches by a fraction
-  of a voxel, so neighbouring patches disagree about where an output voxel is.
-* the default mode uses a gap per axis and gives every patch the query coordinates of exactly the
-  output voxels that fall inside it, so every output voxel is sampled where the output affine says
-  it is. For cubic patches and integer scales both modes query identical coordinates.
+  first patch axis for all axes, a fixed ``make_coord`` grid of ``query_size`` samples per patch
+  and truncating placement ``int(start * scale)`` with ``scale = query_size / patch_size``. With a
+  non-integer scale that truncation shifts some patches by a fraction of a voxel, so neighbouring
+  patches disagree about where an output voxel is.
+* the default mode samples a :class:`Sampling` grid (any voxel size, see
+  :mod:`tumsyn_bids.model.grid`): output voxel ``q`` of an axis sits at input position
+  ``origin + q * step``, and each patch decodes exactly the output voxels whose centres fall
+  inside it (a variable count per patch), so every output voxel is sampled where the output
+  affine says it is. For cubic patches and integer scales both modes query identical coordinates.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .errors import InputImageError
 from .network import SynthesisNetwork
 from .text_encoder import TextEncoder
 from .tokenizer import CONTEXT_LENGTH, tokenize
@@ -45,20 +47,17 @@ Triple = tuple[int, int, int]
 P_LOW, P_HIGH = 0.01, 99.9
 
 
-class InputImageError(ValueError):
-    """The image cannot be synthesized from (non-finite voxels, no intensity range, ...)."""
-
-
 @dataclass(frozen=True)
 class PatchSettings:
-    """How a volume is cut and sampled; every triple is in array (z, y, x) order.
+    """How a volume is cut into patches; every triple is in array (z, y, x) order.
 
-    ``query_size`` is the number of output samples per patch axis (the authors' ``coord_size``);
-    the scale of an axis is ``query_size / patch_size``.
+    ``query_size`` is the authors' ``coord_size``, the number of output samples per patch axis;
+    it sets the output grid in reference mode only (the default mode samples a
+    :class:`Sampling`). ``None`` means the patch size (same resolution).
     """
 
     patch_size: Triple = (60, 60, 60)
-    query_size: Triple = (60, 60, 60)
+    query_size: Triple | None = None
     overlap: float = 0.5
     batch_size: int = 1
     #: Query points per decoder call (times the batch); bounds peak memory whatever the volume.
@@ -68,6 +67,8 @@ class PatchSettings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.query_size is None:
+            object.__setattr__(self, "query_size", tuple(self.patch_size))
         if min(self.patch_size) < 1 or min(self.query_size) < 1:
             raise ValueError("patch and query sizes must be positive")
         if self.batch_size < 1 or self.decoder_chunk < 1:
@@ -75,16 +76,40 @@ class PatchSettings:
 
     @property
     def scale(self) -> tuple[float, float, float]:
+        """The authors' per-axis scale ``query_size / patch_size``."""
         return tuple(q / p for q, p in zip(self.query_size, self.patch_size, strict=True))
 
+
+@dataclass(frozen=True)
+class Sampling:
+    """The output grid in input voxel units, (z, y, x): output voxel ``q`` of axis ``a`` sits at
+    input voxel position ``origin[a] + q * step[a]``; ``shape`` output voxels per axis.
+
+    Built from an :class:`tumsyn_bids.model.grid.OutputGrid` at the NIfTI boundary
+    (:mod:`.volume`); :meth:`identity` is the input grid itself.
+    """
+
+    shape: Triple
+    origin: tuple[float, float, float]
+    step: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        if min(self.shape) < 1 or min(self.step) <= 0:
+            raise ValueError(f"bad sampling grid: shape {self.shape}, step {self.step}")
+
     @classmethod
-    def for_scale(
-        cls, patch_size: Sequence[int], scale: Sequence[float], **kwargs
-    ) -> PatchSettings:
-        """Settings whose per-patch query grid realises ``scale`` (rounded to whole samples)."""
-        patch = tuple(int(p) for p in patch_size)
-        query = tuple(max(1, round(p * s)) for p, s in zip(patch, scale, strict=True))
-        return cls(patch_size=patch, query_size=query, **kwargs)
+    def identity(cls, shape: Sequence[int]) -> Sampling:
+        return cls(tuple(int(n) for n in shape), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+    @classmethod
+    def authors(cls, shape: Sequence[int], settings: PatchSettings) -> Sampling:
+        """The grid the authors' loop fills: ``int(n * s)`` voxels at ``(q + 1/2)/s - 1/2``."""
+        scale = settings.scale
+        return cls(
+            tuple(int(n * s) for n, s in zip(shape, scale, strict=True)),
+            tuple(0.5 / s - 0.5 for s in scale),
+            tuple(1.0 / s for s in scale),
+        )
 
 
 def percentile_normalise(volume: np.ndarray) -> np.ndarray:
@@ -131,42 +156,39 @@ class PatchJob:
         return tuple(len(c) for c in self.coords)
 
 
-def output_shape(shape: Sequence[int], settings: PatchSettings) -> Triple:
-    return tuple(int(n * s) for n, s in zip(shape, settings.scale, strict=True))
+def plan_patches(
+    shape: Sequence[int], settings: PatchSettings, sampling: Sampling | None = None
+) -> list[PatchJob]:
+    """Every patch of a volume of ``shape`` (already at least one patch large) in loop order.
 
-
-def plan_patches(shape: Sequence[int], settings: PatchSettings) -> list[PatchJob]:
-    """Every patch of a volume of ``shape`` (already at least one patch large) in loop order."""
-    patch, query, scale = settings.patch_size, settings.query_size, settings.scale
+    Reference mode ignores ``sampling`` (the authors' grid follows from ``query_size``); the
+    default mode samples ``sampling`` (default: the authors' grid, which for integer scales is
+    the same).
+    """
+    patch = settings.patch_size
     if any(n < p for n, p in zip(shape, patch, strict=True)):
         raise ValueError(f"volume {tuple(shape)} is smaller than the patch {patch}; pad it first")
-    out_shape = output_shape(shape, settings)
     if settings.reference:
         gap = int(patch[0] * (1 - settings.overlap))
         starts = [axis_starts(n, p, gap) for n, p in zip(shape, patch, strict=True)]
-        grids = [make_coord(q) for q in query]
+        out_shape = Sampling.authors(shape, settings).shape
+        per_axis = [
+            [_reference_axis_queries(p0, settings, axis, out_shape[axis]) for p0 in starts[axis]]
+            for axis in range(3)
+        ]
     else:
+        grid = sampling or Sampling.authors(shape, settings)
         starts = [
             axis_starts(n, p, int(p * (1 - settings.overlap)))
             for n, p in zip(shape, patch, strict=True)
         ]
-    per_axis: list[list[tuple[int, torch.Tensor]]] = []
-    for axis in range(3):
-        entries = []
-        for p0 in starts[axis]:
-            if settings.reference:
-                lo, coords = int(p0 * scale[axis]), grids[axis]
-                keep = max(0, min(len(coords), out_shape[axis] - lo))
-                if keep < len(coords):
-                    # The authors' loop dies here with a numpy broadcast error.
-                    LOGGER.warning(
-                        "reference placement overruns the output on axis %d; cropping", axis
-                    )
-                coords = coords[:keep]
-            else:
-                lo, coords = _exact_axis_queries(p0, patch[axis], scale[axis], out_shape[axis])
-            entries.append((lo, coords))
-        per_axis.append(entries)
+        per_axis = [
+            [
+                _exact_axis_queries(p0, patch[a], grid.origin[a], grid.step[a], grid.shape[a])
+                for p0 in starts[a]
+            ]
+            for a in range(3)
+        ]
     jobs = []
     for (z0, (oz, cz)), (y0, (oy, cy)), (x0, (ox, cx)) in product(
         *[zip(starts[a], per_axis[a], strict=True) for a in range(3)]
@@ -175,20 +197,34 @@ def plan_patches(shape: Sequence[int], settings: PatchSettings) -> list[PatchJob
     return jobs
 
 
+def _reference_axis_queries(
+    start: int, settings: PatchSettings, axis: int, out_size: int
+) -> tuple[int, torch.Tensor]:
+    """The authors' placement: ``int(start * scale)`` and a fixed ``make_coord`` grid."""
+    lo, coords = int(start * settings.scale[axis]), make_coord(settings.query_size[axis])
+    keep = max(0, min(len(coords), out_size - lo))
+    if keep < len(coords):
+        # The authors' loop dies here with a numpy broadcast error.
+        LOGGER.warning("reference placement overruns the output on axis %d; cropping", axis)
+    return lo, coords[:keep]
+
+
 def _exact_axis_queries(
-    start: int, patch: int, scale: float, out_size: int
+    start: int, patch: int, origin: float, step: float, out_size: int
 ) -> tuple[int, torch.Tensor]:
     """Output voxels whose centres lie in this patch, with their patch-normalised coordinates.
 
-    Output voxel ``m`` sits at input position ``x = (m + 0.5)/s - 0.5``; the patch spans
-    ``[start - 0.5, start + patch - 0.5)``. Its coordinate is ``-1 + r + 2 r t`` with
-    ``r = 1/(patch*s)`` and ``t = m - start*s``, the authors' make_coord formula (bit-identical
-    to it whenever ``start*s`` is a whole number).
+    Output voxel ``q`` sits at input position ``x = origin + q * step``; the patch spans
+    ``[start - 1/2, start + patch - 1/2)``. Its coordinate is ``-1 + r + 2 r t`` with
+    ``r = step / patch`` and ``t = (x - start + 1/2) / step - 1/2`` (so that grid_sample with
+    align_corners=False reads input position ``x``): the authors' make_coord formula,
+    bit-identical to it whenever the output grid is theirs and ``start / step`` is whole.
     """
-    lo = max(0, math.ceil(start * scale - 0.5))
-    hi = min(out_size, math.ceil((start + patch) * scale - 0.5))
-    r = 1.0 / (patch * scale)
-    t = torch.arange(lo, hi, dtype=torch.float64) - start * scale
+    lo = max(0, math.ceil((start - 0.5 - origin) / step))
+    hi = min(out_size, math.ceil((start + patch - 0.5 - origin) / step))
+    r = 1.0 / (patch / step)
+    q = torch.arange(lo, hi, dtype=torch.float64)
+    t = (origin + q * step - start + 0.5) / step - 0.5
     return lo, (-1 + r) + (2 * r) * t.float()
 
 
@@ -240,6 +276,7 @@ class Synthesizer:
         self.network.to(memory_format=self.memory_format)
         self.text_encoder = text_encoder.to(self.device).eval()
         self._embeddings: dict[str, torch.Tensor] = {}
+        self.last_stats: PatchStats | None = None
 
     @property
     def context_length(self) -> int:
@@ -277,8 +314,20 @@ class Synthesizer:
         prompt: str,
         settings: PatchSettings | None = None,
         progress: bool = False,
+        sampling: Sampling | None = None,
+        mask: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Synthesize the (z, y, x) ``volume`` under ``prompt``; returns float64 (z, y, x)."""
+        """Synthesize the (z, y, x) ``volume`` under ``prompt``; returns float64 (z, y, x).
+
+        ``sampling`` (default mode only) is the output grid; default: the authors' grid for
+        ``settings.query_size`` (the input grid when it equals the patch size). ``mask``, a
+        (z, y, x) boolean array of the volume's shape, restricts the work to the foreground:
+        patches holding no mask voxel are never encoded, and output voxels no computed patch
+        covers are 0. :attr:`last_stats` then says how many patches were computed and skipped.
+
+        Raises :class:`InputImageError` for a volume that is not 3-D, has non-finite voxels or
+        no intensity range, and ``ValueError`` for a mask of another shape.
+        """
         settings = settings or PatchSettings()
         vol = np.asarray(volume)
         if vol.ndim != 3:
@@ -287,8 +336,14 @@ class Synthesizer:
             raise InputImageError(
                 f"the image has {int((~np.isfinite(vol)).sum())} non-finite voxels"
             )
+        if mask is not None and np.shape(mask) != vol.shape:
+            raise ValueError(f"mask shape {np.shape(mask)} differs from the volume's {vol.shape}")
         norm = percentile_normalise(vol)
         shape = norm.shape
+        if settings.reference:
+            final = Sampling.authors(shape, settings)
+        else:
+            final = sampling or Sampling.authors(shape, settings)
         padded_shape = tuple(max(n, p) for n, p in zip(shape, settings.patch_size, strict=True))
         if padded_shape != shape:
             LOGGER.info(
@@ -297,24 +352,39 @@ class Synthesizer:
                 settings.patch_size,
                 padded_shape,
             )
-            norm = np.pad(norm, [(0, p - n) for n, p in zip(shape, padded_shape, strict=True)])
+            pad = [(0, p - n) for n, p in zip(shape, padded_shape, strict=True)]
+            norm = np.pad(norm, pad)
+            if mask is not None:
+                mask = np.pad(np.asarray(mask, dtype=bool), pad)
         text = self.embed(prompt)
-        out = self._run(norm, text, settings, progress)
-        final = output_shape(shape, settings)
-        return out[: final[0], : final[1], : final[2]]
+        out = self._run(norm, text, settings, progress, None if settings.reference else final, mask)
+        return out[: final.shape[0], : final.shape[1], : final.shape[2]]
 
     def _run(
-        self, norm: np.ndarray, text: torch.Tensor, settings: PatchSettings, progress: bool
+        self,
+        norm: np.ndarray,
+        text: torch.Tensor,
+        settings: PatchSettings,
+        progress: bool,
+        sampling: Sampling | None,
+        mask: np.ndarray | None,
     ) -> np.ndarray:
-        jobs = plan_patches(norm.shape, settings)
-        out_shape = output_shape(norm.shape, settings)
+        jobs = plan_patches(norm.shape, settings, sampling)
+        out_shape = (sampling or Sampling.authors(norm.shape, settings)).shape
+        cz, cy, cx = settings.patch_size
+        todo = [j for j in jobs if min(j.out_shape) > 0]
+        if mask is not None:
+            fg = np.asarray(mask, dtype=bool)
+            todo = [j for j in todo if fg[j.start[0] : j.start[0] + cz,
+                                          j.start[1] : j.start[1] + cy,
+                                          j.start[2] : j.start[2] + cx].any()]  # fmt: skip
+        self.last_stats = PatchStats(len(jobs), len(todo), len(jobs) - len(todo))
         total = np.zeros(out_shape, dtype=np.float64)
         count = np.zeros(out_shape, dtype=np.float64)
-        cz, cy, cx = settings.patch_size
         source = torch.from_numpy(np.ascontiguousarray(norm))
-        bar = tqdm(total=len(jobs), desc="synthesis", unit="patch", disable=not progress)
+        bar = tqdm(total=len(todo), desc="synthesis", unit="patch", disable=not progress)
         with self._autocast(settings.reference), self._exact_float32(settings.reference):
-            for batch in _batches(jobs, settings.batch_size):
+            for batch in _batches(todo, settings.batch_size):
                 crops = [source[z : z + cz, y : y + cy, x : x + cx] for z, y, x in _starts(batch)]
                 patches = torch.stack(crops)[:, None].to(self.device)
                 patches = patches.contiguous(memory_format=self.memory_format)
@@ -329,9 +399,13 @@ class Synthesizer:
                     count[oz : oz + nz, oy : oy + ny, ox : ox + nx] += 1
                 bar.update(len(batch))
         bar.close()
-        uncovered = int((count == 0).sum())
-        if uncovered:
-            LOGGER.warning("%d output voxels are covered by no patch (left as NaN)", uncovered)
+        uncovered = count == 0
+        if mask is not None:
+            count[uncovered] = 1  # background: no patch computed, value 0
+        elif uncovered.any():
+            LOGGER.warning(
+                "%d output voxels are covered by no patch (left as NaN)", int(uncovered.sum())
+            )
         with np.errstate(invalid="ignore", divide="ignore"):
             return total / count
 
@@ -342,6 +416,15 @@ class Synthesizer:
             for i in range(0, grid.shape[1], per_call)
         ]
         return torch.cat(parts, dim=1)
+
+
+@dataclass(frozen=True)
+class PatchStats:
+    """Patches of the last :meth:`Synthesizer.synthesize` call: planned, computed, skipped."""
+
+    planned: int
+    computed: int
+    skipped: int
 
 
 def _starts(batch: list[PatchJob]) -> Iterator[Triple]:

@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-#: The published text tower uses 8 heads; shapes cannot tell the head count.
-DEFAULT_TEXT_HEADS = 8
+from .metadata import DEFAULT_TEXT_HEADS  # the published 8: shapes cannot tell the head count
 
 
 @dataclass(frozen=True)

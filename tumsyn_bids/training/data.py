@@ -22,7 +22,7 @@ import numpy as np
 
 from ..bids.layout import ScanIndex, ScanRecord
 from ..model.inference import percentile_normalise
-from ..model.volume import load_volume
+from ..model.volume import load_volume, to_model_order
 
 LOGGER = logging.getLogger(__name__)
 
@@ -127,4 +127,4 @@ def load_normalised(path: Path, reference: Path | None = None) -> np.ndarray:
     ref = nib.load(str(reference))
     img = resample_from_to(nib.load(str(path)), (ref.shape[:3], ref.affine), order=1)
     data = np.asarray(img.dataobj, dtype=np.float32)
-    return percentile_normalise(np.ascontiguousarray(data.T))
+    return percentile_normalise(to_model_order(data))

@@ -52,12 +52,12 @@ from .. import __version__
 from ..model.checkpoints import (
     EXTRA_KEY,
     CheckpointError,
-    file_sha256,
     load_synthesis,
     load_text_encoder,
     synthesis_checkpoint,
 )
 from ..model.inference import InputImageError
+from ..model.metadata import file_sha256
 from ..model.network import FUSION_HEADS, SynthesisConfig, SynthesisNetwork
 from ..model.patches import crop_to_source, sample_training_patch
 from ..model.text_encoder import TextEncoder

@@ -1,5 +1,6 @@
 """Nipype workflow factories (public API for embedding TUMSyn in other pipelines)."""
 
-from .base import ModelSpec, init_synthesis_wf, init_tumsyn_wf
+from ..config import InferenceConfig
+from .base import init_synthesis_wf, init_tumsyn_wf
 
-__all__ = ["ModelSpec", "init_synthesis_wf", "init_tumsyn_wf"]
+__all__ = ["InferenceConfig", "init_synthesis_wf", "init_tumsyn_wf"]

@@ -4,6 +4,8 @@
 a chain ``check -> synthesize -> postprocess -> sink``. The synthesis node is a GPU node
 (``use_gpu``), so MultiProc runs at most ``n_gpu_procs`` of them at once while the CPU nodes of
 other participants proceed. Other pipelines can embed :func:`init_synthesis_wf` directly.
+Every setting comes from one :class:`~tumsyn_bids.config.InferenceConfig`; every output grid
+from the plan's :class:`~tumsyn_bids.model.grid.OutputGrid`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,58 +21,28 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..bids.derivatives import subject_log_dir
+from ..config import InferenceConfig
 from ..interfaces import CheckImage, DerivativesSink, Postprocess, Synthesize
-from ..model.inference import resolve_device
-from ..model.text_encoder import DEFAULT_TEXT_HEADS
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """The weights and inference settings every synthesis node uses."""
-
-    checkpoint: str
-    text_encoder: str
-    text_heads: int | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    patch_size: tuple[int, int, int] = (60, 60, 60)
-    overlap: float = 0.5
-    batch_size: int = 1
-    reference: bool = False
-    mem_gb: float = 4.0
-    #: CPU threads of a synthesis node (torch intra-op threads; MultiProc reserves as many).
-    num_threads: int | None = None
-
-    @property
-    def heads(self) -> int:
-        """Text-tower heads to record: the given value or the published default."""
-        return self.text_heads or DEFAULT_TEXT_HEADS
-
-    @property
-    def use_gpu(self) -> bool:
-        """Whether synthesis nodes take one of MultiProc's GPU slots."""
-        if self.device == "auto":
-            return resolve_device("auto").type == "cuda"
-        return self.device == "cuda"
-
-    def synthesize_inputs(self) -> dict[str, Any]:
-        """Inputs of the :class:`Synthesize` interface that this spec fixes."""
-        inputs = {
-            "checkpoint": self.checkpoint,
-            "text_encoder": self.text_encoder,
-            "patch_size": tuple(self.patch_size),
-            "overlap": self.overlap,
-            "batch_size": self.batch_size,
-            "device": self.device,
-            "precision": self.precision,
-            "reference": self.reference,
-            "use_gpu": self.use_gpu,
-        }
-        if self.text_heads:
-            inputs["text_heads"] = self.text_heads
-        if self.num_threads:
-            inputs["num_threads"] = self.num_threads
-        return inputs
+def synthesize_inputs(inference: InferenceConfig) -> dict[str, Any]:
+    """Inputs of the :class:`Synthesize` interface that the configuration fixes."""
+    inputs = {
+        "checkpoint": inference.checkpoint,
+        "text_encoder": inference.text_encoder,
+        "patch_size": tuple(inference.patch_size),
+        "overlap": inference.overlap,
+        "batch_size": inference.batch_size,
+        "device": inference.device_type or inference.device,
+        "precision": inference.precision,
+        "reference": inference.reference,
+        "use_gpu": inference.use_gpu,
+    }
+    if inference.text_heads:
+        inputs["text_heads"] = inference.text_heads
+    if inference.num_threads:
+        inputs["num_threads"] = inference.num_threads
+    return inputs
 
 
 def _safe(label: str | None) -> str:
@@ -79,7 +50,7 @@ def _safe(label: str | None) -> str:
 
 
 def init_synthesis_wf(
-    model: ModelSpec,
+    inference: InferenceConfig,
     name: str = "synthesis_wf",
     output_dir: str | None = None,
     relpath: str | None = None,
@@ -87,29 +58,33 @@ def init_synthesis_wf(
 ) -> pe.Workflow:
     """Synthesize one image: ``inputnode.source_file`` + ``inputnode.prompt`` -> ``out_file``.
 
-    ``inputnode.scale_ijk`` sets the output grid (1, 1, 1 = the source grid). With
+    ``inputnode.voxel_size`` (mm, i, j, k) asks for that exact voxel size over the source's
+    field of view (unset: the source grid); ``inputnode.expected_grid`` (an
+    :meth:`OutputGrid.record <tumsyn_bids.model.grid.OutputGrid.record>` as JSON, e.g. the
+    plan's) makes the post-processing check the written grid against it. With
     ``output_dir``/``relpath``/``sidecar`` a sink stores the result as a BIDS derivative.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["source_file", "prompt", "scale_ijk"]), name="inputnode"
+        niu.IdentityInterface(fields=["source_file", "prompt", "voxel_size", "expected_grid"]),
+        name="inputnode",
     )
-    inputnode.inputs.scale_ijk = (1.0, 1.0, 1.0)
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_file"]), name="outputnode")
     check = pe.Node(CheckImage(), name="check_image")
     synth = pe.Node(
-        Synthesize(**model.synthesize_inputs()),
+        Synthesize(**synthesize_inputs(inference)),
         name="synthesize",
-        mem_gb=model.mem_gb,
-        n_procs=model.num_threads or 1,
+        mem_gb=inference.mem_gb,
+        n_procs=inference.num_threads or 1,
     )
     post = pe.Node(Postprocess(), name="postprocess")
     wf.connect([
         (inputnode, check, [("source_file", "in_file")]),
-        (inputnode, synth, [("prompt", "prompt"), ("scale_ijk", "scale_ijk")]),
+        (inputnode, synth, [("prompt", "prompt"), ("voxel_size", "voxel_size")]),
         (check, synth, [("out_file", "in_file")]),
         (synth, post, [("out_file", "in_file")]),
-        (inputnode, post, [("source_file", "reference"), ("scale_ijk", "scale_ijk")]),
+        (inputnode, post, [("source_file", "reference"), ("voxel_size", "voxel_size"),
+                           ("expected_grid", "expected_grid")]),
         (post, outputnode, [("out_file", "out_file")]),
     ])  # fmt: skip
     if output_dir is not None:
@@ -131,7 +106,7 @@ def init_tumsyn_wf(
     bids_dir: str | Path,
     output_dir: str | Path,
     work_dir: str | Path,
-    model: ModelSpec,
+    inference: InferenceConfig,
     sidecars: Mapping[str, Mapping[str, Any]],
 ) -> pe.Workflow:
     """The whole run: one sub-workflow per participant/session with a job per planned row.
@@ -148,7 +123,7 @@ def init_tumsyn_wf(
         sub_wf = pe.Workflow(name=sub_name)
         for i, row in enumerate(rows.itertuples(index=False)):
             job = init_synthesis_wf(
-                model,
+                inference,
                 name=f"{_safe(row.source_suffix)}_to_{_safe(row.target_suffix)}_{i}_wf",
                 output_dir=str(output_dir),
                 relpath=row.output,
@@ -156,7 +131,10 @@ def init_tumsyn_wf(
             )
             job.inputs.inputnode.source_file = str(Path(bids_dir) / row.source)
             job.inputs.inputnode.prompt = row.target_prompt
-            job.inputs.inputnode.scale_ijk = tuple(float(s) for s in row.scale_ijk)
+            grid = row.output_grid
+            if not grid.is_identity:
+                job.inputs.inputnode.voxel_size = tuple(grid.voxel_size)
+            job.inputs.inputnode.expected_grid = json.dumps(grid.record())
             sub_wf.add_nodes([job])
         # Per node: nipype reads crashdump_dir from each node's own config, and the config of a
         # nested workflow is not passed down to its nodes.

@@ -1,0 +1,372 @@
+"""``tumsyn``'s command line: the parser, and its validation into one :class:`RunConfig`.
+
+:func:`parse_config` is the only way from ``argv`` to a run: it parses, checks every value,
+and resolves once what depends on the environment or the weights (weight files, device, patch
+size, batch size, nipype plugin). Errors are :class:`~tumsyn_bids.cli.errors.CLIError` with the
+exit code of :mod:`tumsyn_bids.cli.errors`. Importing this module imports neither torch nor
+the model code; resolving ``--device auto`` (not in a dry run) does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import __version__
+from ..config import (
+    DEFAULT_SOURCES,
+    SUPPORTED_TARGETS,
+    ExecutionConfig,
+    InferenceConfig,
+    RunConfig,
+    SynthesisRequest,
+)
+from . import errors
+from .errors import CLIError
+from .parsing import (
+    Parser,
+    UsageError,
+    add_batch_size_argument,
+    add_patch_size_argument,
+    add_weight_arguments,
+    batch_size,
+    check_batch_size,
+    one_or_three,
+    patch_size,
+    weights_or_demo,
+)
+
+LOGGER = logging.getLogger("tumsyn_bids")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``tumsyn`` (options are documented in docs/usage.md)."""
+    p = Parser(
+        prog="tumsyn",
+        description="TUMSyn BIDS App: synthesize brain MR images of other contrasts and "
+        "resolutions from the anatomical images of a BIDS dataset.",
+    )
+    p.add_argument("bids_dir", type=Path, help="the input BIDS dataset (never written to)")
+    p.add_argument("output_dir", type=Path, help="where the derivatives go")
+    p.add_argument("analysis_level", choices=["participant", "group"])
+    p.add_argument("--version", action="version", version=f"tumsyn-bids {__version__}")
+
+    g = p.add_argument_group("selecting data")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL")
+    g.add_argument("--session-label", nargs="+", metavar="LABEL")
+    g.add_argument("--bids-filter-file", type=Path, metavar="FILE", help="PyBIDS query JSON")
+    g.add_argument("--bids-database-dir", type=Path, metavar="DIR")
+    g.add_argument("--skip-bids-validation", action="store_true")
+
+    s = p.add_argument_group("synthesis")
+    s.add_argument(
+        "--target",
+        nargs="+",
+        default=["missing"],
+        metavar="MOD",
+        help=f"modalities to synthesize ({', '.join(SUPPORTED_TARGETS)}) or 'missing' "
+        "(every supported modality the session lacks; default)",
+    )
+    s.add_argument(
+        "--source",
+        nargs="+",
+        default=list(DEFAULT_SOURCES),
+        metavar="MOD",
+        help="modalities to synthesize from, in order of preference",
+    )
+    s.add_argument("--target-spec", type=Path, metavar="FILE", help="JSON target protocols")
+    s.add_argument("--target-like", type=Path, metavar="BIDS_FILE", help="copy this protocol")
+    s.add_argument(
+        "--output-resolution",
+        nargs="+",
+        default=["native"],
+        metavar="MM",
+        help="'native' (the source grid) or X Y Z voxel size in mm (exact; the field of view "
+        "is kept centred)",
+    )
+    add_weight_arguments(s)
+    s.add_argument("--text-heads", type=int, default=None)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    add_patch_size_argument(s)
+    s.add_argument("--overlap", type=float, default=0.5)
+    add_batch_size_argument(s)
+    s.add_argument("--reference", action="store_true", help="the authors' loop, exactly")
+    s.add_argument("--dry-run", action="store_true", help="print the plan; load no model")
+
+    r = p.add_argument_group("running")
+    r.add_argument("-w", "--work-dir", type=Path, default=Path("work"))
+    r.add_argument("--nprocs", "--n-cpus", type=int, default=os.cpu_count() or 1)
+    r.add_argument("--omp-nthreads", type=int, default=None)
+    r.add_argument("--mem-gb", "--mem", type=float, default=None)
+    r.add_argument("--use-plugin", type=Path, metavar="YAML", help="nipype plugin settings")
+    r.add_argument("--stop-on-first-crash", action="store_true")
+    r.add_argument("--write-graph", action="store_true")
+    r.add_argument("--overwrite", action="store_true", help="redo finished outputs")
+    r.add_argument(
+        "--reports-only",
+        action="store_true",
+        help="participant level: rebuild the HTML reports (sub-XX.html) from the existing "
+        "derivatives without running the model",
+    )
+    r.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def _resolution(values: list[str]) -> tuple[float, float, float] | None:
+    if values == ["native"]:
+        return None
+    try:
+        numbers = tuple(float(v) for v in values)
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3 or not all(0 < n < float("inf") for n in numbers):
+        raise CLIError(errors.EX_USAGE, "--output-resolution takes 'native' or three sizes in mm")
+    return numbers
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from ``path``; :class:`CLIError` (66 missing, 64 not a JSON object)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CLIError(errors.EX_NOINPUT, f"{what} not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CLIError(errors.EX_USAGE, f"{what} {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CLIError(errors.EX_USAGE, f"{what} {path} must hold a JSON object")
+    return data
+
+
+def _target_like(path: Path) -> dict:
+    from ..bids.layout import parse_filename
+
+    sidecar = path
+    for ext in (".nii.gz", ".nii"):
+        if path.name.endswith(ext):
+            sidecar = path.with_name(path.name[: -len(ext)] + ".json")
+    if not sidecar.is_file():
+        raise CLIError(errors.EX_NOINPUT, f"--target-like: no sidecar {sidecar}")
+    _, suffix, _ = parse_filename(path.name)
+    return {"suffix": suffix, "metadata": read_json_object(sidecar, "--target-like sidecar")}
+
+
+def _request(args: argparse.Namespace) -> SynthesisRequest:
+    specs = read_json_object(args.target_spec, "--target-spec") if args.target_spec else None
+    return SynthesisRequest(
+        targets=tuple(args.target),
+        sources=tuple(args.source),
+        target_specs=specs,
+        target_like=_target_like(args.target_like) if args.target_like else None,
+        output_resolution=_resolution(args.output_resolution),
+    )
+
+
+def _filters(args: argparse.Namespace):
+    if not args.bids_filter_file:
+        return None
+    from ..bids.layout import BIDSIndexError, read_bids_filter_file
+
+    try:
+        return read_bids_filter_file(args.bids_filter_file)
+    except (OSError, BIDSIndexError) as exc:
+        raise CLIError(errors.EX_USAGE, f"--bids-filter-file: {exc}") from None
+
+
+def _weights(args: argparse.Namespace) -> tuple[Path, Path]:
+    from ..model.errors import CheckpointError
+
+    try:
+        paths = weights_or_demo(args.checkpoint, args.text_encoder)
+    except UsageError as exc:
+        raise CLIError(errors.EX_USAGE, str(exc)) from None
+    except CheckpointError as exc:
+        raise CLIError(errors.EX_NOINPUT, str(exc)) from None
+    for path in paths:
+        if not path.is_file():
+            raise CLIError(errors.EX_NOINPUT, f"weights file not found: {path}")
+    return paths
+
+
+def _device_type(device: str) -> str:
+    """``cpu`` or ``cuda``; asking torch only when it must (``auto``, ``cuda``)."""
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise CLIError(errors.EX_USAGE, "--device cuda: no CUDA device is available")
+    return "cpu"
+
+
+def _inference(args: argparse.Namespace) -> InferenceConfig:
+    checkpoint, text_encoder = _weights(args)
+    try:
+        patch = patch_size(args.patch_size, checkpoint)
+        batch = batch_size(args.batch_size, patch)
+    except UsageError as exc:
+        raise CLIError(errors.EX_USAGE, str(exc)) from None
+    if min(patch) < 1:
+        raise CLIError(errors.EX_USAGE, f"--patch-size must be positive, got {patch}")
+    device_type = None if args.dry_run else _device_type(args.device)
+    if args.precision == "bf16" and device_type == "cpu":
+        raise CLIError(errors.EX_USAGE, "--precision bf16 needs a CUDA device; use fp32")
+    return InferenceConfig(
+        checkpoint=str(checkpoint),
+        text_encoder=str(text_encoder),
+        text_heads=args.text_heads,
+        device=args.device,
+        device_type=device_type,
+        precision=args.precision,
+        patch_size=tuple(int(n) for n in patch),
+        overlap=args.overlap,
+        batch_size=batch,
+        reference=args.reference,
+        num_threads=args.omp_nthreads,
+    )
+
+
+def _execution(args: argparse.Namespace) -> ExecutionConfig:
+    """Nipype plugin and its arguments: from ``--use-plugin`` YAML, else MultiProc/Linear."""
+    if args.use_plugin:
+        import yaml
+
+        try:
+            spec = yaml.safe_load(args.use_plugin.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise CLIError(errors.EX_USAGE, f"--use-plugin {args.use_plugin}: {exc}") from None
+        if not isinstance(spec, dict):
+            raise CLIError(errors.EX_USAGE, f"--use-plugin {args.use_plugin}: not a mapping")
+        plugin, plugin_args = spec.get("plugin", "MultiProc"), dict(spec.get("plugin_args") or {})
+    elif args.nprocs == 1:
+        plugin, plugin_args = "Linear", {}
+    else:
+        plugin, plugin_args = "MultiProc", {"n_procs": args.nprocs, "raise_insufficient": False}
+        if args.mem_gb:
+            plugin_args["memory_gb"] = args.mem_gb
+    return ExecutionConfig(
+        work_dir=args.work_dir.resolve(),
+        plugin=plugin,
+        plugin_args=plugin_args,
+        nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads,
+        mem_gb=args.mem_gb,
+        stop_on_first_crash=args.stop_on_first_crash,
+        write_graph=args.write_graph,
+        overwrite=args.overwrite,
+    )
+
+
+def _labels(values: Sequence[str] | None) -> tuple[str, ...] | None:
+    return tuple(values) if values else None
+
+
+def check_values(args: argparse.Namespace) -> None:
+    """Refuse option values that parse but cannot be used (exit 64), before touching files."""
+    try:
+        if args.patch_size:
+            one_or_three(args.patch_size, "--patch-size", 0)
+        check_batch_size(args.batch_size)
+    except UsageError as exc:
+        raise CLIError(errors.EX_USAGE, str(exc)) from None
+    if not 0 <= args.overlap < 1:
+        raise CLIError(errors.EX_USAGE, "--overlap must be in [0, 1)")
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """Validate parsed arguments and resolve them into the frozen :class:`RunConfig`.
+
+    The group level and ``--reports-only`` need no weights (``inference`` is None).
+    """
+    check_values(args)
+    needs_model = args.analysis_level == "participant" and not args.reports_only
+    return RunConfig(
+        bids_dir=args.bids_dir.resolve(),
+        output_dir=args.output_dir.resolve(),
+        analysis_level=args.analysis_level,
+        participant_label=_labels(args.participant_label),
+        session_label=_labels(args.session_label),
+        bids_filters=_filters(args),
+        bids_database_dir=args.bids_database_dir.resolve() if args.bids_database_dir else None,
+        skip_bids_validation=args.skip_bids_validation,
+        request=_request(args),
+        inference=_inference(args) if needs_model else None,
+        execution=_execution(args),
+        dry_run=args.dry_run,
+        reports_only=args.reports_only,
+        version=__version__,
+    )
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    try:
+        path.resolve().relative_to(parent.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def check_paths(bids: Path, out: Path, work: Path) -> None:
+    """The dataset exists and is BIDS; output and work dirs are outside it and writable.
+
+    Creates ``out`` and ``work`` (that is how writability is proven). Warns when ``out`` holds
+    outputs of another tumsyn-bids version.
+    """
+    if not bids.is_dir():
+        raise CLIError(errors.EX_NOINPUT, f"BIDS dataset folder not found: {bids}")
+    if not (bids / "dataset_description.json").is_file():
+        raise CLIError(
+            errors.EX_INVALID_DATASET,
+            f"{bids} has no dataset_description.json: not a BIDS dataset",
+        )
+    derivatives = bids / "derivatives"
+    allowed = _inside(out, derivatives) and out.resolve() != derivatives.resolve()
+    if _inside(out, bids) and not allowed:
+        raise CLIError(
+            errors.EX_USAGE,
+            f"output_dir {out} is inside the input dataset; use a folder outside it or "
+            f"{derivatives / 'tumsyn'}",
+        )
+    from ..bids.derivatives import DerivativesError, existing_version
+
+    try:
+        previous = existing_version(out)
+    except DerivativesError as exc:
+        raise CLIError(errors.EX_CANTCREAT, f"{exc}; choose another output_dir") from None
+    if previous is not None and previous != __version__:
+        LOGGER.warning(
+            "%s holds outputs of tumsyn-bids %s; this is %s: outputs of two versions will mix",
+            out,
+            previous,
+            __version__,
+        )
+    if _inside(work, bids):
+        raise CLIError(errors.EX_USAGE, f"work dir {work} is inside the input dataset")
+    for folder in (out, work):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".tumsyn-write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            msg = f"cannot write to {folder}: {exc.strerror}"
+            raise CLIError(errors.EX_CANTCREAT, msg) from None
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, int]:
+    """``argv`` -> (:class:`RunConfig`, verbosity).
+
+    Usage errors found by argparse exit 64 there; every other problem raises
+    :class:`CLIError` with its exit code: option values first, then the paths, then what
+    needs reading (JSON files, weights).
+    """
+    args = build_parser().parse_args(argv)
+    check_values(args)
+    check_paths(args.bids_dir, args.output_dir, args.work_dir)
+    return build_config(args), args.verbose

@@ -1,0 +1,132 @@
+"""The run configuration: one frozen record of everything a ``tumsyn`` run was asked to do.
+
+``tumsyn_bids.cli.parser`` parses and validates the command line into a :class:`RunConfig`,
+resolving once what depends on the environment or the weights (weight files, device, patch
+size, batch size, plugin settings). Nothing mutates it afterwards: the plan
+(:mod:`tumsyn_bids.plan`), the workflow (:mod:`tumsyn_bids.workflows`), the sidecars, the
+citation text and ``logs/config.json`` all read the same object. Programs that embed tumsyn-bids
+build one directly.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .model.tokenizer import CONTEXT_LENGTH
+
+#: Suffixes TUMSyn can synthesize (those with a default protocol), in default source order.
+SUPPORTED_TARGETS: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw", "T2starw")
+DEFAULT_SOURCES: tuple[str, ...] = SUPPORTED_TARGETS
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """What to synthesize (see :mod:`tumsyn_bids.plan` for the rules that apply it).
+
+    ``targets`` are BIDS suffixes or ``"missing"``; ``sources`` the source preference order;
+    ``target_specs`` per-suffix protocols in BIDS names and units (``--target-spec``);
+    ``target_like`` ``{"suffix": ..., "metadata": {...}}`` of a scan to imitate;
+    ``output_resolution`` the output voxel size in mm along the source's (i, j, k) axes, or
+    None for the source grid.
+    """
+
+    targets: tuple[str, ...] = ("missing",)
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    target_specs: Mapping[str, Mapping[str, Any]] | None = None
+    target_like: Mapping[str, Any] | None = None
+    output_resolution: tuple[float, float, float] | None = None
+    context_length: int = CONTEXT_LENGTH
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """The weights and inference settings every synthesis node uses.
+
+    ``patch_size`` is in voxels along the source's (i, j, k) axes; ``device`` is what was asked
+    (``auto``, ``cpu``, ``cuda``) and ``device_type`` what it resolved to (None when not
+    resolved, e.g. in a dry run); ``num_threads`` the torch CPU threads of a synthesis node;
+    ``mem_gb`` the memory a synthesis node reserves in nipype's MultiProc.
+    """
+
+    checkpoint: str
+    text_encoder: str
+    text_heads: int | None = None
+    device: str = "auto"
+    device_type: str | None = None
+    precision: str = "fp32"
+    patch_size: tuple[int, int, int] = (60, 60, 60)
+    overlap: float = 0.5
+    batch_size: int = 1
+    reference: bool = False
+    num_threads: int | None = None
+    mem_gb: float = 4.0
+
+    @property
+    def use_gpu(self) -> bool:
+        """Whether synthesis nodes take one of MultiProc's GPU slots."""
+        return (self.device_type or self.device) == "cuda"
+
+    def settings_record(self) -> dict[str, Any]:
+        """The settings part (no weight paths), as recorded in config.json and the citation."""
+        record = dataclasses.asdict(self)
+        for key in ("checkpoint", "text_encoder"):
+            record.pop(key)
+        record["patch_size"] = list(self.patch_size)
+        record["device"] = self.device_type or self.device
+        record.pop("device_type")
+        return record
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How the workflow runs: nipype plugin, work dir, crash and rerun behaviour."""
+
+    work_dir: Path = Path("work")
+    plugin: str = "Linear"
+    plugin_args: Mapping[str, Any] = field(default_factory=dict)
+    nprocs: int = 1
+    omp_nthreads: int | None = None
+    mem_gb: float | None = None
+    stop_on_first_crash: bool = False
+    write_graph: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One ``tumsyn`` run, resolved: paths, selection, request, inference and execution."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str = "participant"
+    participant_label: tuple[str, ...] | None = None
+    session_label: tuple[str, ...] | None = None
+    bids_filters: Mapping[str, Any] | None = None
+    bids_database_dir: Path | None = None
+    skip_bids_validation: bool = False
+    request: SynthesisRequest = field(default_factory=SynthesisRequest)
+    inference: InferenceConfig | None = None
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    dry_run: bool = False
+    reports_only: bool = False
+    version: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of the whole configuration (``logs/config.json``)."""
+        return _jsonable(dataclasses.asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

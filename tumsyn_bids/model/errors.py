@@ -1,0 +1,9 @@
+"""Exceptions of the model package, importable without torch."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not in an expected format."""
+
+
+class InputImageError(ValueError):
+    """The image cannot be synthesized from (non-finite voxels, no intensity range, ...)."""
