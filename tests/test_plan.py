@@ -42,3 +42,30 @@ def test_prompt_too_long_is_an_error_for_that_image_only(tmp_path):
     assert by_subject == {"01": "error", "02": "planned"}
     message = plan.loc[plan["subject"] == "01", "message"].item()
     assert "tokens" in message and "sub-01_T1w.nii.gz" in message
+
+
+def test_target_like_protocol_passes_the_timing_checks(index, tmp_path):
+    sidecar = tmp_path / "like" / "sub-09_T1w.json"
+    request = SynthesisRequest(
+        target_like={
+            "suffix": "T1w",
+            "metadata": {"RepetitionTime": 2.3, "EchoTime": 2.98},
+            "path": str(sidecar),
+        }
+    )
+    with pytest.raises(PlanError) as caught:
+        build_plan(index, request)
+    assert str(caught.value) == (
+        f"--target-like {sidecar}: EchoTime 2.98 s is longer than RepetitionTime 2.3 s; "
+        "BIDS wants seconds: was 2.98 ms meant (0.00298)?"
+    )
+
+
+def test_target_spec_protocol_passes_the_timing_checks(index):
+    spec = {"FLAIR": {"RepetitionTime": 9.0, "EchoTime": 0.081, "InversionTime": 2500}}
+    with pytest.raises(PlanError) as caught:
+        build_plan(index, SynthesisRequest(targets=("FLAIR",), target_specs=spec))
+    assert str(caught.value) == (
+        "--target-spec entry FLAIR: InversionTime 2500 s is longer than RepetitionTime 9 s; "
+        "BIDS wants seconds: was 2500 ms meant (2.5)?"
+    )

@@ -76,7 +76,8 @@ class SynthesisRequest:
     targets: tuple[str, ...] = ("missing",)
     sources: tuple[str, ...] = DEFAULT_SOURCES
     target_specs: Mapping[str, Mapping[str, Any]] | None = None
-    target_like: Mapping[str, Any] | None = None  # {"suffix": ..., "metadata": {...}}
+    #: {"suffix": ..., "metadata": {...}, "path": sidecar path (optional, names it in errors)}
+    target_like: Mapping[str, Any] | None = None
     output_resolution: tuple[float, float, float] | None = None
     context_length: int = CONTEXT_LENGTH
 
@@ -101,7 +102,11 @@ def _target_metadata(suffix: str, request: SynthesisRequest) -> dict[str, Any]:
 
 
 def check_request(request: SynthesisRequest) -> None:
-    """Refuse unknown target/source names before any indexing work."""
+    """Refuse unknown target/source names and implausible target protocols before indexing.
+
+    The ``--target-spec`` and ``--target-like`` protocols pass the same checks as a source
+    sidecar (:func:`tumsyn_bids.prompts.check_timing`); raises :class:`PlanError`.
+    """
     known = set(SUPPORTED_TARGETS) | set(request.target_specs or {})
     if request.target_like:
         known.add(request.target_like["suffix"])
@@ -115,6 +120,13 @@ def check_request(request: SynthesisRequest) -> None:
             protocol_from_sidecar(spec)
         except PromptError as exc:
             raise PlanError(f"--target-spec entry {suffix}: {exc}") from exc
+    if request.target_like:
+        like = request.target_like
+        try:
+            protocol_from_sidecar(like["metadata"])
+        except PromptError as exc:
+            name = like.get("path") or f"the {like['suffix']} sidecar"
+            raise PlanError(f"--target-like {name}: {exc}") from exc
 
 
 def _targets_for(present: set[str], source_suffix: str, request: SynthesisRequest) -> list[str]:

@@ -50,6 +50,7 @@ from tumsyn_bids.prompts import (
     PromptError,
     Protocol,
     build_prompt,
+    check_timing,
     protocol_from_sidecar,
 )
 
@@ -514,18 +515,26 @@ def _make_record(
     if info.error is not None:
         problems.append(info.error)
 
+    timing_ok = True
     try:
-        protocol = protocol_from_sidecar(metadata, info.voxel_size)
+        protocol = protocol_from_sidecar(metadata, info.voxel_size, check=False)
     except PromptError as exc:
         protocol = Protocol(voxel_size=info.voxel_size)
         problems.append(f"{relpath}: unusable sidecar value: {exc}")
+    else:
+        try:
+            check_timing(metadata)
+        except PromptError as exc:  # e.g. ms written where BIDS wants s: refuse the image
+            timing_ok = False
+            problems.append(f"{relpath}: unusable sidecar value: {exc}")
 
     demographics = participants.lookup(subject, session)
     prompt = None
-    try:
-        prompt = build_prompt(modality, protocol, demographics)
-    except PromptError as exc:
-        problems.append(f"{relpath}: cannot build the prompt: {exc}")
+    if timing_ok:  # an implausible time would only repeat the sidecar's error here
+        try:
+            prompt = build_prompt(modality, protocol, demographics)
+        except PromptError as exc:
+            problems.append(f"{relpath}: cannot build the prompt: {exc}")
 
     return ScanRecord(
         path=path,

@@ -209,7 +209,8 @@ def _target_like(path: Path) -> dict:
     if not sidecar.is_file():
         raise CLIError(errors.EX_NOINPUT, f"--target-like: no sidecar {sidecar}")
     _, suffix, _ = parse_filename(path.name)
-    return {"suffix": suffix, "metadata": _read_json(sidecar, "--target-like sidecar")}
+    metadata = _read_json(sidecar, "--target-like sidecar")
+    return {"suffix": suffix, "metadata": metadata, "path": str(sidecar)}
 
 
 def build_request(args: argparse.Namespace):

@@ -1,0 +1,75 @@
+"""Real-world metadata that used to be written silently wrong (issue 18, items 1-7).
+
+Each case is the smallest dataset that showed the defect plus variants of the same kind, built
+from real NIfTI files and indexed with real PyBIDS. Expected values are written by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.datasets import make_dataset
+from tumsyn_bids.bids.layout import index_anatomical
+from tumsyn_bids.plan import SynthesisRequest, build_plan
+
+P = "Imaging parameter TR(ms), TE(ms), TI(ms), and FA(degree):  "
+T1 = "sub-01/anat/sub-01_T1w.nii.gz"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def bids(tmp_path: Path) -> Path:
+    """tests/datasets.py's two-subject dataset (real NIfTI images)."""
+    return make_dataset(tmp_path / "bids")
+
+
+def _record(root: Path, relpath: str):
+    return {r.relpath: r for r in index_anatomical(root)}[relpath]
+
+
+# ------------------------------------------------------------------ 1. timing in the wrong unit
+
+
+def test_echo_time_in_ms_refuses_the_image_with_one_line(bids):
+    _write_json(bids / "sub-01/anat/sub-01_T1w.json", {"RepetitionTime": 2.3, "EchoTime": 2.98})
+    record = _record(bids, T1)
+    assert record.error == (
+        f"{T1}: unusable sidecar value: EchoTime 2.98 s is longer than RepetitionTime 2.3 s; "
+        "BIDS wants seconds: was 2.98 ms meant (0.00298)?"
+    )
+    assert record.prompt is None  # no "TE 2980.0" anywhere
+    plan = build_plan(index_anatomical(bids), SynthesisRequest(targets=("T2w",)))
+    rows = plan[plan["subject"] == "01"]
+    assert list(rows["status"]) == ["error"]
+    assert list(rows["message"]) == [record.error]
+    assert not any("2980" in str(p) for p in plan["target_prompt"])
+
+
+def test_inversion_time_in_ms_inherited_from_the_dataset_level_sidecar(bids):
+    # Variant: the wrong value comes from a sidecar higher up (BIDS inheritance).
+    _write_json(bids / "T1w.json", {"InversionTime": 900})
+    record = _record(bids, "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz")
+    assert record.error == (
+        "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz: unusable sidecar value: InversionTime 900 s "
+        "is longer than any plausible InversionTime (10 s); BIDS wants seconds: "
+        "was 900 ms meant (0.9)?"
+    )
+    assert _record(bids, T1).ok  # sub-01's own sidecar says InversionTime 1.0: nearer wins
+
+
+def test_ge_readout_tr_with_a_longer_inversion_time_is_accepted(bids):
+    # Not a unit mistake: GE/Philips report the readout TR of inversion-prepared 3-D scans.
+    _write_json(
+        bids / "sub-01/anat/sub-01_T1w.json",
+        {"RepetitionTime": 0.0082, "EchoTime": 0.0032, "InversionTime": 0.45, "FlipAngle": 12},
+    )
+    record = _record(bids, T1)
+    assert record.ok
+    assert record.prompt.endswith(P + "(8.2, 3.2, 450.0, 12.0)")
