@@ -24,6 +24,7 @@ from tumsyn_bids.prompts import (
     parse_age,
     parse_prompt,
     protocol_from_sidecar,
+    repetition_time_field,
     seconds_to_ms,
     target_prompt,
     validate_prompt,
@@ -300,6 +301,33 @@ def test_unchecked_protocol_keeps_the_refused_values():
     assert protocol.echo_time == 2.98
     with pytest.raises(PromptError, match="EchoTime 2.98 s is longer than RepetitionTime"):
         build_prompt("T1w", protocol)  # a Protocol built in code passes the same check
+
+
+# Issue 18 item 4: MP2RAGE sidecars carry RepetitionTimePreparation instead of RepetitionTime.
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "field", "tr_ms"),
+    [
+        (
+            {"RepetitionTimePreparation": 5.0, "EchoTime": 0.0029},
+            "RepetitionTimePreparation",
+            5000.0,
+        ),
+        (
+            {"RepetitionTime": "n/a", "RepetitionTimePreparation": 4.0},
+            "RepetitionTimePreparation",
+            4000.0,
+        ),
+        ({"RepetitionTime": 2.3, "RepetitionTimePreparation": 5.0}, "RepetitionTime", 2300.0),
+        ({"RepetitionTimeExcitation": 0.0072}, None, None),  # the readout TR is not the TR
+    ],
+)
+def test_repetition_time_preparation_when_repetition_time_is_absent(sidecar, field, tr_ms):
+    assert repetition_time_field(sidecar) == field
+    protocol = protocol_from_sidecar(sidecar)
+    assert seconds_to_ms(protocol.repetition_time) == tr_ms
+    assert build_prompt("T1w", protocol).startswith("Age: None")
 
 
 def test_negative_or_infinite_times_rejected():

@@ -82,6 +82,7 @@ __all__ = [
     "parse_age",
     "parse_prompt",
     "protocol_from_sidecar",
+    "repetition_time_field",
     "seconds_to_ms",
     "target_prompt",
     "validate_modality_word",
@@ -514,6 +515,16 @@ def _check_against_tr(name: str, values: Mapping[str, list[float]]) -> None:
             )
 
 
+def repetition_time_field(metadata: Mapping[str, Any]) -> str | None:
+    """The sidecar field that gives the prompt's TR: ``RepetitionTime``, else
+    ``RepetitionTimePreparation`` (MP2RAGE and other prepared sequences, whose BIDS sidecars
+    carry the preparation-to-preparation time instead); None when neither has a value."""
+    for name in ("RepetitionTime", "RepetitionTimePreparation"):
+        if _numbers(metadata.get(name), name):
+            return name
+    return None
+
+
 def protocol_from_sidecar(
     metadata: Mapping[str, Any],
     voxel_size: Sequence[float] | None = None,
@@ -522,9 +533,10 @@ def protocol_from_sidecar(
 ) -> Protocol:
     """Build a :class:`Protocol` from a BIDS sidecar dictionary (merged, inherited metadata).
 
-    Only the fields the prompt needs are read (``RepetitionTime``, ``EchoTime``,
-    ``InversionTime``, ``FlipAngle``, ``MagneticFieldStrength``, ``Manufacturer``); a missing
-    field is None. The flip angle of a variable-flip-angle 3-D TSE
+    Only the fields the prompt needs are read (``RepetitionTime``, or
+    ``RepetitionTimePreparation`` when it is absent, see :func:`repetition_time_field`;
+    ``EchoTime``, ``InversionTime``, ``FlipAngle``, ``MagneticFieldStrength``,
+    ``Manufacturer``); a missing field is None. The flip angle of a variable-flip-angle 3-D TSE
     is the word ``T2var`` (:func:`is_variable_flip_tse`). The voxel size is not a sidecar field:
     the caller passes the image's voxel size.
 
@@ -535,8 +547,9 @@ def protocol_from_sidecar(
     if check:
         check_timing(metadata)
     flip = T2VAR if is_variable_flip_tse(metadata) else metadata.get("FlipAngle")
+    tr_field = repetition_time_field(metadata)
     return Protocol(
-        repetition_time=metadata.get("RepetitionTime"),
+        repetition_time=metadata.get(tr_field) if tr_field else None,
         echo_time=metadata.get("EchoTime"),
         inversion_time=metadata.get("InversionTime"),
         flip_angle=flip,

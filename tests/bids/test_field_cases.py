@@ -73,3 +73,45 @@ def test_ge_readout_tr_with_a_longer_inversion_time_is_accepted(bids):
     record = _record(bids, T1)
     assert record.ok
     assert record.prompt.endswith(P + "(8.2, 3.2, 450.0, 12.0)")
+
+
+# ------------------------------------------------------------------ 4. MP2RAGE
+
+
+MP2RAGE_UNI = {
+    "RepetitionTimePreparation": 5.0,
+    "RepetitionTimeExcitation": 0.0072,
+    "EchoTime": 0.0029,
+    "InversionTime": 0.7,
+    "FlipAngle": 4,
+    "MagneticFieldStrength": 3,
+    "Manufacturer": "Siemens",
+}
+
+
+def test_mp2rage_uni_uses_repetition_time_preparation(bids, write_volume):
+    uni = bids / "sub-02/ses-1/anat/sub-02_ses-1_acq-UNI_T1w.nii.gz"
+    write_volume(uni, (1.0, 1.0, 1.0))
+    _write_json(uni.with_name("sub-02_ses-1_acq-UNI_T1w.json"), MP2RAGE_UNI)
+    record = _record(bids, "sub-02/ses-1/anat/sub-02_ses-1_acq-UNI_T1w.nii.gz")
+    assert record.ok
+    assert record.protocol.repetition_time == 5.0
+    assert record.prompt == (
+        "Age: None; Gender: None; Scanner: 3.0 Siemens; Modality: T1w; "
+        "Voxel size: (1.0, 1.0, 1.0); " + P + "(5000.0, 2.9, 700.0, 4.0)"
+    )
+
+
+def test_mp2rage_preparation_time_inherited_from_the_dataset_level(bids, write_volume):
+    # Variant: the field sits in a dataset-level acq-UNI_T1w.json and the image's own sidecar
+    # has only the rest (BIDS inheritance); a "n/a" RepetitionTime does not hide it.
+    uni = bids / "sub-02/ses-1/anat/sub-02_ses-1_acq-UNI_T1w.nii.gz"
+    write_volume(uni, (0.75, 0.75, 0.75))
+    _write_json(bids / "acq-UNI_T1w.json", {"RepetitionTimePreparation": 4.0})
+    _write_json(
+        uni.with_name("sub-02_ses-1_acq-UNI_T1w.json"),
+        {"RepetitionTime": "n/a", "EchoTime": 0.003, "InversionTime": 0.8},
+    )
+    record = _record(bids, "sub-02/ses-1/anat/sub-02_ses-1_acq-UNI_T1w.nii.gz")
+    assert record.ok
+    assert record.prompt.endswith(P + "(4000.0, 3.0, 800.0, None)")
