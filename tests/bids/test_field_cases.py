@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.datasets import make_dataset
-from tumsyn_bids.bids.layout import index_anatomical
+from tumsyn_bids.bids.ignore import BIDSIgnore
+from tumsyn_bids.bids.layout import BIDSIndexError, index_anatomical
 from tumsyn_bids.plan import SynthesisRequest, build_plan
 
 P = "Imaging parameter TR(ms), TE(ms), TI(ms), and FA(degree):  "
@@ -115,3 +116,79 @@ def test_mp2rage_preparation_time_inherited_from_the_dataset_level(bids, write_v
     record = _record(bids, "sub-02/ses-1/anat/sub-02_ses-1_acq-UNI_T1w.nii.gz")
     assert record.ok
     assert record.prompt.endswith(P + "(4000.0, 3.0, 800.0, None)")
+
+
+# ------------------------------------------------------------------ 6. .bidsignore
+
+
+def _localizer(root: Path, relpath: str, write_volume) -> Path:
+    """A 3-slice localizer: real NIfTI, an anatomical suffix, nothing a user wants used."""
+    return write_volume(root / relpath, (1.0, 1.0, 8.0), (32, 32, 3))
+
+
+def test_bidsignored_localizer_is_neither_acquired_nor_source(bids, write_volume):
+    # The smallest input that showed it: a T2w localizer (ignored) made T2w count as acquired.
+    _localizer(bids, "sub-01/anat/sub-01_acq-localizer_T2w.nii.gz", write_volume)
+    (bids / ".bidsignore").write_text("*_acq-localizer_*\n")
+    index = index_anatomical(bids)
+    assert [r.relpath for r in index if r.subject == "01"] == [T1]
+    plan = build_plan(index, SynthesisRequest())
+    rows = plan[plan["subject"] == "01"]
+    assert set(rows["source"]) == {T1}
+    assert "T2w" in set(rows["target_suffix"])
+
+
+def test_bidsignored_localizer_does_not_become_the_source(bids, write_volume):
+    # Variant: the ignored file has the preferred source suffix (T1w) in a session whose real
+    # scan is a T2w; a folder pattern, written with CR line ends and a byte-order mark.
+    session = bids / "sub-02/ses-1/anat"
+    (session / "sub-02_ses-1_T1w.nii.gz").rename(session / "sub-02_ses-1_T2w.nii.gz")
+    _localizer(bids, "sub-02/ses-1/anat/localizers/sub-02_ses-1_T1w.nii.gz", write_volume)
+    _localizer(bids, "sub-02/ses-1/anat/sub-02_ses-1_acq-scout_T1w.nii.gz", write_volume)
+    (bids / ".bidsignore").write_bytes(b"\xef\xbb\xbfsub-*/*/anat/localizers/\r\n*acq-scout*\r\n")
+    index = index_anatomical(bids, participant_labels=["02"])
+    assert [r.relpath for r in index] == ["sub-02/ses-1/anat/sub-02_ses-1_T2w.nii.gz"]
+    plan = build_plan(index, SynthesisRequest())
+    assert set(plan["source_suffix"]) == {"T2w"}
+    assert "T1w" in set(plan["target_suffix"])
+
+
+def test_negated_rule_keeps_a_file(bids, write_volume):
+    _localizer(bids, "sub-01/anat/sub-01_acq-scout_T2w.nii.gz", write_volume)
+    write_volume(bids / "sub-01/anat/sub-01_acq-scoutlike_T2w.nii.gz", (1.0, 1.0, 1.0))
+    (bids / ".bidsignore").write_text("*acq-scout*\n!*acq-scoutlike*\n")
+    relpaths = [r.relpath for r in index_anatomical(bids, participant_labels=["01"])]
+    assert relpaths == [T1, "sub-01/anat/sub-01_acq-scoutlike_T2w.nii.gz"]
+
+
+def test_bidsignored_subject_and_sidecar(bids):
+    # Variant: a whole (pilot) subject folder, and a dataset-level sidecar, are ignored: the
+    # subject does not exist for label selection, and the sidecar is not inherited.
+    _write_json(bids / "T1w.json", {"MagneticFieldStrength": 1.5})
+    (bids / ".bidsignore").write_text("/sub-02/\n/T1w.json\n")
+    index = index_anatomical(bids)
+    assert [r.subject for r in index] == ["01"]
+    assert index[0].protocol.magnetic_field_strength == 3.0  # its own sidecar, not the root's
+    with pytest.raises(BIDSIndexError, match="participant label"):
+        index_anatomical(bids, participant_labels=["02"])
+
+
+def test_bidsignore_also_applies_to_a_reused_database(bids, write_volume, tmp_path):
+    # A database built before the .bidsignore was written still yields no ignored image.
+    _localizer(bids, "sub-01/anat/sub-01_acq-localizer_T2w.nii.gz", write_volume)
+    database = tmp_path / "db"
+    assert len(index_anatomical(bids, database_dir=database)) == 3
+    (bids / ".bidsignore").write_text("*localizer*\n")
+    assert [r.relpath for r in index_anatomical(bids, database_dir=database)] == [
+        T1,
+        "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz",
+    ]
+
+
+def test_bidsignore_rules():
+    rules = BIDSIgnore(Path("/nonexistent"), ["*.tmp", "derivatives-old/", "/top.nii.gz"])
+    assert rules.ignores("sub-01/anat/x.tmp")
+    assert rules.ignores("derivatives-old/", is_dir=True)
+    assert rules.ignores("derivatives-old/sub-01/anat/sub-01_T1w.nii.gz")
+    assert rules.ignores("top.nii.gz") and not rules.ignores("sub-01/top.nii.gz")
+    assert not BIDSIgnore(Path("/nonexistent")).ignores("anything")

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from tumsyn_bids.bids.ignore import BIDSIgnore, pybids_ignore
 from tumsyn_bids.bids.images import ImageInfo, probe_image
 from tumsyn_bids.bids.metadata import ParticipantTable
 from tumsyn_bids.bids.modalities import indexed_suffixes, modality_table, resolve_modality
@@ -110,8 +111,11 @@ def load_layout(
     """Build a PyBIDS layout of ``bids_dir`` without validation.
 
     Validation is the BIDS validator's job (the CLI runs it separately, with its own report);
-    here PyBIDS only indexes. ``database_dir`` is passed to PyBIDS as ``database_path`` so that
-    large datasets are indexed once and reused across runs (``reset_database`` re-indexes).
+    here PyBIDS only indexes, skipping what the dataset's ``.bidsignore`` lists, as the
+    validator does (:mod:`tumsyn_bids.bids.ignore`). ``database_dir`` is passed to PyBIDS as
+    ``database_path`` so that large datasets are indexed once and reused across runs
+    (``reset_database`` re-indexes; a reused index keeps the ``.bidsignore`` of its time, but
+    :func:`index_anatomical` applies the current one to the images again).
     """
     root = Path(bids_dir)
     if not root.is_dir():
@@ -121,6 +125,7 @@ def load_layout(
             f"{root} is not a BIDS dataset: it has no dataset_description.json at its top level"
         )
     from bids import BIDSLayout  # imported here: PyBIDS takes ~0.5 s to import
+    from bids.layout import BIDSLayoutIndexer
 
     try:
         return BIDSLayout(
@@ -128,6 +133,7 @@ def load_layout(
             validate=False,
             database_path=None if database_dir is None else Path(database_dir),
             reset_database=reset_database,
+            indexer=BIDSLayoutIndexer(validate=False, ignore=pybids_ignore(root)),
         )
     except (ValueError, OSError) as exc:
         raise BIDSIndexError(f"cannot index {root}: {exc}") from exc
@@ -443,6 +449,9 @@ def index_anatomical(
 ) -> ScanIndex:
     """Index every anatomical NIfTI (``.nii``/``.nii.gz``) that has a TUMSyn modality word.
 
+    Files the dataset's ``.bidsignore`` lists are skipped, as the BIDS validator skips them: an
+    ignored localizer is neither an acquired scan of its session nor a synthesis source.
+
     ``layout`` is a PyBIDS layout or a dataset path (then :func:`load_layout` builds one, with
     ``database_dir``). ``participant_labels``/``session_labels`` accept labels with or without
     their ``sub-``/``ses-`` prefix; a label absent from the dataset raises
@@ -461,6 +470,7 @@ def index_anatomical(
     sessions = _check_labels(session_labels, sorted(layout.get_sessions()), "ses-", "session", root)
     queries = _queries_by_suffix(bids_filters, table)
     participants = ParticipantTable(root)
+    bidsignore = BIDSIgnore.read(root)
 
     files: dict[str, Any] = {}
     for suffix, extra in queries.items():
@@ -471,7 +481,9 @@ def index_anatomical(
         except ValueError as exc:
             raise BIDSIndexError(f"invalid BIDS filter for {suffix}: {exc}") from exc
         for bids_file in found:
-            files.setdefault(bids_file.path, bids_file)
+            # Also for a layout built elsewhere or reused from a database: ignored is ignored.
+            if not bidsignore.ignores(_relpath(Path(bids_file.path), root)):
+                files.setdefault(bids_file.path, bids_file)
 
     records = []
     for path_text, bids_file in files.items():
