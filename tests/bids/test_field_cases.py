@@ -192,3 +192,141 @@ def test_bidsignore_rules():
     assert rules.ignores("derivatives-old/sub-01/anat/sub-01_T1w.nii.gz")
     assert rules.ignores("top.nii.gz") and not rules.ignores("sub-01/top.nii.gz")
     assert not BIDSIgnore(Path("/nonexistent")).ignores("anything")
+
+
+# ------------------------------------------------------------------ 2./3. tables
+
+
+def _longitudinal(root: Path, write_volume, sessions=("1", "2")) -> Path:
+    """sub-01 scanned at each of ``sessions`` (a T1w each, no sidecar), dataset description."""
+    _write_json(root / "dataset_description.json", {"Name": "long", "BIDSVersion": "1.10.0"})
+    for session in sessions:
+        write_volume(root / f"sub-01/ses-{session}/anat/sub-01_ses-{session}_T1w.nii.gz")
+    return root
+
+
+def _ages(root: Path) -> dict[str | None, float | None]:
+    return {r.session: r.demographics.age for r in index_anatomical(root)}
+
+
+def test_dataset_level_sessions_json_units_apply_to_every_sessions_tsv(tmp_path, write_volume):
+    # The smallest input that showed it: ages in months, Units declared at the dataset level.
+    root = _longitudinal(tmp_path / "bids", write_volume, sessions=("1",))
+    (root / "sub-01/sub-01_sessions.tsv").write_text("session_id\tage\nses-1\t10\n")
+    _write_json(root / "sessions.json", {"age": {"Units": "months"}})
+    record = index_anatomical(root)[0]
+    assert record.demographics.age == pytest.approx(10 / 12)
+    assert record.prompt.startswith("Age: 0.8; ")
+
+
+@pytest.mark.parametrize(
+    ("dataset_units", "subject_units", "cell", "years"),
+    [
+        ("weeks", None, "26", 26 * 7 / 365.25),
+        ("days", None, "730.5", 2.0),
+        ("months", "years", "10", 10.0),  # the subject-level sidecar overrides
+        (None, "months", "18", 1.5),  # only the subject-level sidecar
+        ("fortnights", None, "10", None),  # a unit we cannot convert: unknown, not wrong
+    ],
+)
+def test_sessions_json_inheritance_variants(
+    tmp_path, write_volume, dataset_units, subject_units, cell, years
+):
+    root = _longitudinal(tmp_path / "bids", write_volume, sessions=("1",))
+    (root / "sub-01/sub-01_sessions.tsv").write_text(f"session_id\tage\nses-1\t{cell}\n")
+    if dataset_units:
+        _write_json(root / "sessions.json", {"age": {"Units": dataset_units}})
+    if subject_units:
+        _write_json(root / "sub-01/sub-01_sessions.json", {"age": {"Units": subject_units}})
+    age = _ages(root)["1"]
+    assert age == (None if years is None else pytest.approx(years))
+
+
+def test_participants_json_units(tmp_path, write_volume):
+    root = _longitudinal(tmp_path / "bids", write_volume, sessions=("1",))
+    (root / "participants.tsv").write_text("participant_id\tage\tsex\nsub-01\t400\tF\n")
+    _write_json(root / "participants.json", {"age": {"Units": "weeks"}})
+    record = index_anatomical(root)[0]
+    assert record.prompt.startswith("Age: 7.7; Gender: F;")  # 400 * 7 / 365.25 = 7.67
+
+
+def test_long_participants_tsv_uses_the_visit_row(tmp_path, write_volume):
+    # The smallest input that showed it: every visit got the first row's age.
+    root = _longitudinal(tmp_path / "bids", write_volume)
+    (root / "participants.tsv").write_text(
+        "participant_id\tsession_id\tage\tsex\nsub-01\tses-1\t10\tM\nsub-01\tses-2\t12\tM\n"
+    )
+    records = {r.session: r for r in index_anatomical(root)}
+    assert records["1"].prompt.startswith("Age: 10; Gender: M;")
+    assert records["2"].prompt.startswith("Age: 12; Gender: M;")
+    assert records["1"].warning is None and records["2"].warning is None
+
+
+def test_long_participants_tsv_without_the_visit_row(tmp_path, write_volume, caplog):
+    # Variant: the visit has no row (and labels are written without the ses- prefix): the age
+    # is unknown, with a warning, never the other visit's; the sex still is the participant's.
+    root = _longitudinal(tmp_path / "bids", write_volume, sessions=("1", "2", "3"))
+    (root / "participants.tsv").write_text(
+        "participant_id\tsession_id\tage\tsex\nsub-01\t1\t10\tF\nsub-01\t2\t12\tF\n"
+    )
+    with caplog.at_level("WARNING"):
+        records = {r.session: r for r in index_anatomical(root)}
+    third = records["3"]
+    assert third.demographics.age is None and third.demographics.sex == "F"
+    assert third.prompt.startswith("Age: None; Gender: F;")
+    message = (
+        "sub-01/ses-3/anat/sub-01_ses-3_T1w.nii.gz: participants.tsv has rows for sub-01 "
+        "(ses-1, ses-2) but none for sub-01 ses-3; age unknown (None), not another visit's"
+    )
+    assert third.warning == message
+    assert message in caplog.messages
+    assert records["2"].demographics.age == 12
+
+
+@pytest.mark.parametrize(
+    ("tsv", "warning"),
+    [
+        (  # two rows for the same visit that disagree
+            "participant_id\tsession_id\tage\nsub-01\tses-1\t10\nsub-01\tses-1\t11\n",
+            "participants.tsv: the 2 rows of sub-01 ses-1 disagree on the age (10, 11); "
+            "age unknown (None)",
+        ),
+        (  # one row per participant, but sub-01 twice
+            "participant_id\tage\nsub-01\t30\nsub-01\t31\n",
+            "participants.tsv: the 2 rows of sub-01 disagree on the age (30, 31); "
+            "age unknown (None)",
+        ),
+    ],
+)
+def test_ambiguous_participant_rows_give_none_and_a_warning(tmp_path, write_volume, tsv, warning):
+    root = _longitudinal(tmp_path / "bids", write_volume, sessions=("1",))
+    (root / "participants.tsv").write_text(tsv)
+    record = index_anatomical(root)[0]
+    assert record.demographics.age is None
+    assert record.warning == f"sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz: {warning}"
+
+
+def test_ambiguous_sessions_row_does_not_fall_back_to_the_participant_age(tmp_path, write_volume):
+    root = _longitudinal(tmp_path / "bids", write_volume, sessions=("1",))
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t30\n")
+    (root / "sub-01/sub-01_sessions.tsv").write_text("session_id\tage\nses-1\t31\nses-1\t32\n")
+    record = index_anatomical(root)[0]
+    assert record.demographics.age is None
+    assert record.warning.endswith(
+        "sub-01/sub-01_sessions.tsv: the 2 rows of ses-1 disagree on the age (31, 32); "
+        "age unknown (None)"
+    )
+
+
+def test_long_participants_tsv_in_a_dataset_without_sessions(tmp_path, write_volume):
+    root = tmp_path / "bids"
+    _write_json(root / "dataset_description.json", {"Name": "flat", "BIDSVersion": "1.10.0"})
+    write_volume(root / "sub-01/anat/sub-01_T1w.nii.gz")
+    write_volume(root / "sub-02/anat/sub-02_T1w.nii.gz")
+    (root / "participants.tsv").write_text(
+        "participant_id\tsession_id\tage\nsub-01\tn/a\t40\nsub-02\tses-a\t50\nsub-02\tses-b\t51\n"
+    )
+    records = {r.subject: r for r in index_anatomical(root)}
+    assert records["01"].demographics.age == 40  # the row without a session
+    assert records["02"].demographics.age is None  # two visits, no way to choose
+    assert "none for sub-02" in records["02"].warning

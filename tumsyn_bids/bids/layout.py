@@ -34,6 +34,7 @@ of anatomical image and whose values are PyBIDS entity queries, e.g.::
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,9 @@ _OTHER_APP_FILTER_KEYS = frozenset(
 )
 
 
+LOGGER = logging.getLogger(__name__)
+
+
 class BIDSIndexError(ValueError):
     """The dataset or the indexing request is unusable (as opposed to one bad image)."""
 
@@ -124,19 +128,31 @@ def load_layout(
         raise BIDSIndexError(
             f"{root} is not a BIDS dataset: it has no dataset_description.json at its top level"
         )
+    try:
+        return pybids_layout(root, database_dir=database_dir, reset_database=reset_database)
+    except (ValueError, OSError) as exc:
+        raise BIDSIndexError(f"cannot index {root}: {exc}") from exc
+
+
+def pybids_layout(
+    root: str | os.PathLike[str],
+    *,
+    database_dir: str | os.PathLike[str] | None = None,
+    reset_database: bool = False,
+) -> BIDSLayout:
+    """The one place a PyBIDS layout is built: no validation, the dataset's ``.bidsignore``
+    applied (see :func:`load_layout`, which checks ``root`` first). Raises what PyBIDS raises
+    (``ValueError``, ``OSError`` for an unreadable JSON file)."""
     from bids import BIDSLayout  # imported here: PyBIDS takes ~0.5 s to import
     from bids.layout import BIDSLayoutIndexer
 
-    try:
-        return BIDSLayout(
-            root,
-            validate=False,
-            database_path=None if database_dir is None else Path(database_dir),
-            reset_database=reset_database,
-            indexer=BIDSLayoutIndexer(validate=False, ignore=pybids_ignore(root)),
-        )
-    except (ValueError, OSError) as exc:
-        raise BIDSIndexError(f"cannot index {root}: {exc}") from exc
+    return BIDSLayout(
+        Path(root),
+        validate=False,
+        database_path=None if database_dir is None else Path(database_dir),
+        reset_database=reset_database,
+        indexer=BIDSLayoutIndexer(validate=False, ignore=pybids_ignore(root)),
+    )
 
 
 def read_bids_filter_file(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -219,6 +235,9 @@ class ScanRecord:
     affine: tuple[tuple[float, ...], ...] | None = None
     prompt: str | None = None
     error: str | None = None
+    #: Problems that do not stop the image (an ambiguous age, a header whose sform and
+    #: qform/pixdim disagree): one line each, starting with ``relpath``; also logged.
+    warning: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -257,6 +276,7 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "shape",
     "prompt",
     "error",
+    "warning",
 )
 """Columns of :func:`records_to_frame`, one row per :class:`ScanRecord`:
 
@@ -271,7 +291,8 @@ FRAME_COLUMNS: tuple[str, ...] = (
 * ``manufacturer`` (as in the sidecar) and ``vendor`` (prompt word), ``sex`` (``M``/``F``):
   object, None when unknown.
 * ``voxel_size`` (mm, 3-tuple) and ``shape`` (tuple): object, None when the header is unreadable.
-* ``prompt`` (source prompt) and ``error`` (None when usable): object.
+* ``prompt`` (source prompt), ``error`` (None when usable) and ``warning`` (None when there
+  is nothing to report): object.
 """
 
 _FLOAT_COLUMNS = frozenset(
@@ -307,6 +328,7 @@ def _frame_row(record: ScanRecord) -> dict[str, Any]:
         "shape": record.shape,
         "prompt": record.prompt,
         "error": record.error,
+        "warning": record.warning,
     }
 
 
@@ -469,7 +491,7 @@ def index_anatomical(
     )
     sessions = _check_labels(session_labels, sorted(layout.get_sessions()), "ses-", "session", root)
     queries = _queries_by_suffix(bids_filters, table)
-    participants = ParticipantTable(root)
+    participants = ParticipantTable(root, layout=layout)
     bidsignore = BIDSIgnore.read(root)
 
     files: dict[str, Any] = {}
@@ -540,7 +562,8 @@ def _make_record(
             timing_ok = False
             problems.append(f"{relpath}: unusable sidecar value: {exc}")
 
-    demographics = participants.lookup(subject, session)
+    demographics, table_warnings = participants.lookup_with_warnings(subject, session)
+    warnings = [f"{relpath}: {warning}" for warning in table_warnings]
     prompt = None
     if timing_ok:  # an implausible time would only repeat the sidecar's error here
         try:
@@ -565,4 +588,12 @@ def _make_record(
         affine=info.affine,
         prompt=prompt,
         error="\n".join(problems) or None,
+        warning=_log_warnings(warnings),
     )
+
+
+def _log_warnings(warnings: list[str]) -> str | None:
+    """Log each warning line and join them for :attr:`ScanRecord.warning`."""
+    for warning in warnings:
+        LOGGER.warning("%s", warning)
+    return "\n".join(warnings) or None
