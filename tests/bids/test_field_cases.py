@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from tests.datasets import make_dataset
@@ -330,3 +332,36 @@ def test_long_participants_tsv_in_a_dataset_without_sessions(tmp_path, write_vol
     assert records["01"].demographics.age == 40  # the row without a session
     assert records["02"].demographics.age is None  # two visits, no way to choose
     assert "none for sub-02" in records["02"].warning
+
+
+# ------------------------------------------------------------------ 5. sform vs qform/pixdim
+
+
+def test_prompt_and_output_grid_follow_the_sform(bids, caplog):
+    # sub-01's T1w: sform 0.9 mm (the affine nibabel reads the data with), qform/pixdim 1.0 mm.
+    path = bids / T1
+    image = nib.load(path)
+    data = np.asarray(image.dataobj)
+    fixed = nib.Nifti1Image(data, np.diag([0.9, 0.9, 0.9, 1.0]))
+    fixed.header.set_qform(np.diag([1.0, 1.0, 1.0, 1.0]), code=1)
+    nib.save(fixed, path)
+    with caplog.at_level("WARNING"):
+        index = index_anatomical(bids)
+    record = {r.relpath: r for r in index}[T1]
+    assert record.ok
+    assert "Voxel size: (0.9, 0.9, 0.9);" in record.prompt
+    warning = (
+        f"{T1}: the header's sform gives voxel size (0.9, 0.9, 0.9) mm but its qform/pixdim "
+        "(1, 1, 1) mm; the sform is used, as nibabel reads the data and the output is written "
+        "with it"
+    )
+    assert record.warning == warning
+    assert warning in caplog.messages
+    native = build_plan(index, SynthesisRequest(targets=("T2w",)))
+    row = native[native["subject"] == "01"].iloc[0]
+    assert "Voxel size: (0.9, 0.9, 0.9);" in row["target_prompt"]
+    finer = build_plan(
+        index, SynthesisRequest(targets=("T2w",), output_resolution=(0.45, 0.45, 0.45))
+    )
+    row = finer[finer["subject"] == "01"].iloc[0]
+    assert row["scale_ijk"] == pytest.approx((2.0, 2.0, 2.0), rel=1e-6)

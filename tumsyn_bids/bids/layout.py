@@ -4,9 +4,10 @@ This is the first step of the data flow (``cli -> bids -> plan -> workflows``) a
 with training, which pairs images of one session from the same index. One record describes one
 image TUMSyn can read: where it is, what BIDS calls it, the modality word it gets in a prompt,
 its acquisition protocol (sidecar metadata, with BIDS inheritance resolved by PyBIDS), the
-subject's demographics, the voxel size from its header, and its own source prompt. Problems
-with a single image (unreadable header, unusable sidecar value) are recorded in the record's
-``error`` text and never raised, so that one broken file cannot hide the rest of a dataset.
+subject's demographics, the voxel size of the affine its data are read with, and its own
+source prompt. Problems with a single image (unreadable header, unusable sidecar value) are
+recorded in the record's ``error`` text and never raised, so that one broken file cannot hide
+the rest of a dataset; problems that do not stop the image go to its ``warning`` text.
 Problems with the *request* (no such dataset, unknown participant label, malformed filter)
 raise :class:`BIDSIndexError`.
 
@@ -290,7 +291,8 @@ FRAME_COLUMNS: tuple[str, ...] = (
 * ``flip_angle``: object, float degrees, a word such as ``"T2var"``, or None.
 * ``manufacturer`` (as in the sidecar) and ``vendor`` (prompt word), ``sex`` (``M``/``F``):
   object, None when unknown.
-* ``voxel_size`` (mm, 3-tuple) and ``shape`` (tuple): object, None when the header is unreadable.
+* ``voxel_size`` (mm along i, j, k, 3-tuple; :mod:`tumsyn_bids.bids.images`) and ``shape``
+  (tuple): object, None when the header is unreadable.
 * ``prompt`` (source prompt), ``error`` (None when usable) and ``warning`` (None when there
   is nothing to report): object.
 """
@@ -548,6 +550,7 @@ def _make_record(
     info = probe_image(path, relpath) if read_headers else ImageInfo()
     if info.error is not None:
         problems.append(info.error)
+    warnings = [] if info.warning is None else [info.warning]
 
     timing_ok = True
     try:
@@ -563,7 +566,7 @@ def _make_record(
             problems.append(f"{relpath}: unusable sidecar value: {exc}")
 
     demographics, table_warnings = participants.lookup_with_warnings(subject, session)
-    warnings = [f"{relpath}: {warning}" for warning in table_warnings]
+    warnings += [f"{relpath}: {warning}" for warning in table_warnings]
     prompt = None
     if timing_ok:  # an implausible time would only repeat the sidecar's error here
         try:
