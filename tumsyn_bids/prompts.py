@@ -27,6 +27,11 @@ authors' published prompts exactly:
   float (``2500.0``, ``2.2``). The product with 1000 is rounded to 10 significant digits, which
   removes binary noise (``0.00201 * 1000 == 2.0100000000000002``) but never a digit that was in
   the sidecar (``0.00298`` s gives ``2.98``, not ``3.0``).
+* **Plausibility**: every timing value is checked before it is used (:func:`check_timing`:
+  per-field ranges, TE < TR, TI < TR), because milliseconds written into a BIDS seconds field
+  would otherwise become e.g. ``TE 2980.0`` silently; ranges and sources in
+  ``docs/metadata.md``. The TR slot is ``RepetitionTime``, else ``RepetitionTimePreparation``
+  (MP2RAGE; :func:`repetition_time_field`).
 * **Multi-echo**: if ``EchoTime`` (or any timing field) is a list, the *first* element is used:
   it is the first echo as acquired, the one a single-echo protocol of the same sequence would
   have. BIDS normally splits echoes into ``echo-<n>`` files with scalar times.
