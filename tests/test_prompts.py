@@ -13,6 +13,7 @@ from tumsyn_bids.prompts import (
     PromptError,
     Protocol,
     build_prompt,
+    check_timing,
     format_age,
     format_field_strength,
     format_flip_angle,
@@ -23,6 +24,7 @@ from tumsyn_bids.prompts import (
     parse_age,
     parse_prompt,
     protocol_from_sidecar,
+    repetition_time_field,
     seconds_to_ms,
     target_prompt,
     validate_prompt,
@@ -176,6 +178,156 @@ def test_times_in_milliseconds_are_rejected():
         build_prompt("T1w", Protocol(repetition_time=2300))
     with pytest.raises(PromptError, match="EchoTime"):
         build_prompt("T1w", Protocol(echo_time=30))
+
+
+# ------------------------------------------------------------------------------ timing units
+# Issue 18 item 1: a time in ms written into a BIDS seconds field is refused with one line that
+# names the field and the likely unit mistake. Expected texts are written by hand.
+
+
+def test_echo_time_in_ms_longer_than_tr_is_refused():
+    # The smallest input that showed it: "EchoTime": 2.98 (ms) next to "RepetitionTime": 2.3 (s).
+    with pytest.raises(PromptError) as caught:
+        protocol_from_sidecar({"RepetitionTime": 2.3, "EchoTime": 2.98})
+    assert str(caught.value) == (
+        "EchoTime 2.98 s is longer than RepetitionTime 2.3 s; BIDS wants seconds: "
+        "was 2.98 ms meant (0.00298)?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "message"),
+    [
+        # TE in ms below TR in s: only the range can tell (MPRAGE TR 2.5 s, TE 2.3 ms)
+        (
+            {"RepetitionTime": 2.5, "EchoTime": 2.3},
+            "EchoTime 2.3 s is longer than any plausible EchoTime (1 s); BIDS wants seconds: "
+            "was 2.3 ms meant (0.0023)?",
+        ),
+        # FLAIR TE 81 ms: the comparison with TR comes first
+        (
+            {"RepetitionTime": 9.0, "EchoTime": 81, "InversionTime": 2.5},
+            "EchoTime 81 s is longer than RepetitionTime 9 s; BIDS wants seconds: "
+            "was 81 ms meant (0.081)?",
+        ),
+        # TE in ms without a TR: the range alone
+        (
+            {"EchoTime": 81},
+            "EchoTime 81 s is longer than any plausible EchoTime (1 s); BIDS wants seconds: "
+            "was 81 ms meant (0.081)?",
+        ),
+        # TR in ms
+        (
+            {"RepetitionTime": 2300, "EchoTime": 0.00298},
+            "RepetitionTime 2300 s is longer than any plausible RepetitionTime (20 s); "
+            "BIDS wants seconds: was 2300 ms meant (2.3)?",
+        ),
+        # TI in ms, with a readout TR (GE, Philips) and with the inversion TR (Siemens)
+        (
+            {"RepetitionTime": 0.0081, "InversionTime": 900},
+            "InversionTime 900 s is longer than any plausible InversionTime (10 s); "
+            "BIDS wants seconds: was 900 ms meant (0.9)?",
+        ),
+        (
+            {"RepetitionTime": 2.3, "InversionTime": 900},
+            "InversionTime 900 s is longer than RepetitionTime 2.3 s; "
+            "BIDS wants seconds: was 900 ms meant (0.9)?",
+        ),
+        # TI not shorter than the (inversion-to-inversion) TR
+        (
+            {"RepetitionTime": 2.3, "InversionTime": 2.5},
+            "InversionTime 2.5 s is longer than RepetitionTime 2.3 s; BIDS wants seconds: "
+            "was 2.5 ms meant (0.0025)?",
+        ),
+        # one echo of a multi-echo list in ms
+        (
+            {"RepetitionTime": 0.05, "EchoTime": [0.004, 0.008, 12.0]},
+            "EchoTime 12 s is longer than RepetitionTime 0.05 s; BIDS wants seconds: "
+            "was 12 ms meant (0.012)?",
+        ),
+        # MP2RAGE: RepetitionTimePreparation in ms
+        (
+            {"RepetitionTimePreparation": 5000, "EchoTime": 0.0029},
+            "RepetitionTimePreparation 5000 s is longer than any plausible "
+            "RepetitionTimePreparation (20 s); BIDS wants seconds: was 5000 ms meant (5)?",
+        ),
+        # MP2RAGE: TI checked against RepetitionTimePreparation when there is no RepetitionTime
+        (
+            {"RepetitionTimePreparation": 5.0, "InversionTime": 7.0},
+            "InversionTime 7 s is longer than RepetitionTimePreparation 5 s; BIDS wants "
+            "seconds: was 7 ms meant (0.007)?",
+        ),
+        # a value that is not milliseconds either: no guess, but the unit rule
+        (
+            {"RepetitionTime": 2.0e6},
+            "RepetitionTime 2e+06 s is longer than any plausible RepetitionTime (20 s); "
+            "BIDS wants seconds: check the sidecar's units",
+        ),
+        ({"RepetitionTime": 0}, "RepetitionTime 0 s is not positive"),
+        ({"EchoTime": -0.001}, "EchoTime -0.001 s is negative"),
+    ],
+)
+def test_implausible_timing_is_refused_with_the_likely_mistake(sidecar, message):
+    with pytest.raises(PromptError) as caught:
+        check_timing(sidecar)
+    assert str(caught.value) == message
+    with pytest.raises(PromptError) as caught:
+        protocol_from_sidecar(sidecar)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    "sidecar",
+    [
+        {"RepetitionTime": 2.3, "EchoTime": 0.00298, "InversionTime": 0.9},  # Siemens MPRAGE
+        # GE BRAVO / Philips 3-D TFE: RepetitionTime is the readout TR, TI exceeds it
+        {"RepetitionTime": 0.0082, "EchoTime": 0.0032, "InversionTime": 0.45},
+        {"RepetitionTime": 3.2, "EchoTime": 0.565},  # HCP T2w SPACE
+        {"RepetitionTime": 9.0, "EchoTime": 0.081, "InversionTime": 2.5},  # 2-D FLAIR
+        {"RepetitionTime": 0.02, "EchoTime": 0.0},  # zero TE (ZTE)
+        {"RepetitionTime": 4.0, "EchoTime": 0.1, "InversionTime": 0},  # Philips: 0 = none
+        {"RepetitionTimePreparation": 5.0, "EchoTime": 0.0029, "InversionTime": 0.7},  # MP2RAGE
+        {"RepetitionTime": "n/a", "EchoTime": None},
+        {},
+    ],
+)
+def test_plausible_timing_passes(sidecar):
+    check_timing(sidecar)
+    protocol_from_sidecar(sidecar)
+
+
+def test_unchecked_protocol_keeps_the_refused_values():
+    protocol = protocol_from_sidecar({"RepetitionTime": 2.3, "EchoTime": 2.98}, check=False)
+    assert protocol.echo_time == 2.98
+    with pytest.raises(PromptError, match="EchoTime 2.98 s is longer than RepetitionTime"):
+        build_prompt("T1w", protocol)  # a Protocol built in code passes the same check
+
+
+# Issue 18 item 4: MP2RAGE sidecars carry RepetitionTimePreparation instead of RepetitionTime.
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "field", "tr_ms"),
+    [
+        (
+            {"RepetitionTimePreparation": 5.0, "EchoTime": 0.0029},
+            "RepetitionTimePreparation",
+            5000.0,
+        ),
+        (
+            {"RepetitionTime": "n/a", "RepetitionTimePreparation": 4.0},
+            "RepetitionTimePreparation",
+            4000.0,
+        ),
+        ({"RepetitionTime": 2.3, "RepetitionTimePreparation": 5.0}, "RepetitionTime", 2300.0),
+        ({"RepetitionTimeExcitation": 0.0072}, None, None),  # the readout TR is not the TR
+    ],
+)
+def test_repetition_time_preparation_when_repetition_time_is_absent(sidecar, field, tr_ms):
+    assert repetition_time_field(sidecar) == field
+    protocol = protocol_from_sidecar(sidecar)
+    assert seconds_to_ms(protocol.repetition_time) == tr_ms
+    assert build_prompt("T1w", protocol).startswith("Age: None")
 
 
 def test_negative_or_infinite_times_rejected():

@@ -31,7 +31,8 @@ class SynthesisRequest:
 
     ``targets`` are BIDS suffixes or ``"missing"``; ``sources`` the source preference order;
     ``target_specs`` per-suffix protocols in BIDS names and units (``--target-spec``);
-    ``target_like`` ``{"suffix": ..., "metadata": {...}}`` of a scan to imitate;
+    ``target_like`` ``{"suffix": ..., "metadata": {...}, "path": ...}`` of a scan to imitate
+    (``path``, its sidecar, names it in error messages);
     ``output_resolution`` the output voxel size in mm along the source's (i, j, k) axes, or
     None for the source grid.
     """

@@ -10,12 +10,18 @@ Rules:
 * **Sources.** In each subject/session, the first modality of ``sources`` (the preference
   order) that has usable images is the source; every image of that modality is a source.
 * **Targets.** ``targets`` are BIDS suffixes; ``missing`` expands to every supported suffix the
-  session lacks. A target equal to the source's suffix is skipped, except with ``target_like``
-  (domain transfer to another protocol of the same contrast).
-* **Target protocol.** Per target suffix: ``target_specs`` (``--target-spec``) over the protocol
-  of ``target_like`` (``--target-like``) over the built-in defaults
-  (``tumsyn_bids/data/default_protocols.json``). Field strength and manufacturer missing from the
-  target come from the source image.
+  session lacks. An explicit target protocol means the user wants it: the suffix of
+  ``target_like`` (``--target-like``) is a target in every session, whatever ``targets`` says,
+  also where the session has that suffix already. A target equal to the source's suffix is
+  skipped unless it has an explicit protocol (``target_like`` or a ``target_specs`` entry):
+  that is a domain transfer to another protocol of the same contrast. A ``target_specs``
+  (``--target-spec``) entry is a protocol *for* a target, not a request: where its suffix is not
+  a target (the session has it and ``targets`` is ``missing``, or ``targets`` does not name it)
+  it is unused, and a warning says where and why.
+* **Target protocol.** Per target suffix: the ``target_specs`` entry, else the protocol of
+  ``target_like``, else the built-in default (``tumsyn_bids/data/default_protocols.json``); a
+  suffix given by both ``target_specs`` and ``target_like`` is refused as ambiguous. Field
+  strength and manufacturer missing from the target come from the source image.
 * **Output grid.** One :class:`~tumsyn_bids.model.grid.OutputGrid` per job (column
   ``output_grid``), from :func:`~tumsyn_bids.model.grid.output_grid` (numpy only):
   ``output_resolution=None`` keeps the source grid; three numbers (mm, along the image's i, j, k
@@ -27,6 +33,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
@@ -52,6 +59,8 @@ __all__ = [
     "build_plan",
     "write_plan_tsv",
 ]
+
+LOGGER = logging.getLogger(__name__)
 
 PLAN_COLUMNS: tuple[str, ...] = (
     "subject",
@@ -100,7 +109,11 @@ def _target_metadata(suffix: str, request: SynthesisRequest) -> dict[str, Any]:
 
 
 def check_request(request: SynthesisRequest) -> None:
-    """Refuse unknown target/source names before any indexing work."""
+    """Refuse unknown target/source names and implausible target protocols before indexing.
+
+    The ``--target-spec`` and ``--target-like`` protocols pass the same checks as a source
+    sidecar (:func:`tumsyn_bids.prompts.check_timing`); raises :class:`PlanError`.
+    """
     known = set(SUPPORTED_TARGETS) | set(request.target_specs or {})
     if request.target_like:
         known.add(request.target_like["suffix"])
@@ -114,15 +127,60 @@ def check_request(request: SynthesisRequest) -> None:
             protocol_from_sidecar(spec)
         except PromptError as exc:
             raise PlanError(f"--target-spec entry {suffix}: {exc}") from exc
+    if request.target_like:
+        like = request.target_like
+        if like["suffix"] in (request.target_specs or {}):
+            raise PlanError(
+                f"both --target-spec and --target-like give a {like['suffix']} protocol; "
+                "drop one of them"
+            )
+        try:
+            protocol_from_sidecar(like["metadata"])
+        except PromptError as exc:
+            name = like.get("path") or f"the {like['suffix']} sidecar"
+            raise PlanError(f"--target-like {name}: {exc}") from exc
 
 
-def _targets_for(present: set[str], source_suffix: str, request: SynthesisRequest) -> list[str]:
+def _targets_for(
+    present: set[str], source_suffix: str, request: SynthesisRequest
+) -> tuple[list[str], dict[str, str]]:
+    """The targets of one session, and why each unused ``--target-spec`` entry is unused."""
     wanted: list[str] = []
     for name in request.targets:
         names = [s for s in SUPPORTED_TARGETS if s not in present] if name == "missing" else [name]
         wanted += [n for n in names if n not in wanted]
-    transfer = request.target_like["suffix"] if request.target_like else None
-    return [t for t in wanted if t != source_suffix or t == transfer]
+    like = request.target_like["suffix"] if request.target_like else None
+    if like is not None and like not in wanted:
+        wanted.append(like)  # an explicit target protocol means the user wants it
+    explicit = {like} | set(request.target_specs or {})
+    targets = [t for t in wanted if t != source_suffix or t in explicit]
+    unused: dict[str, str] = {}
+    for suffix in request.target_specs or {}:
+        if suffix in targets:
+            continue
+        if "missing" in request.targets and suffix in present:
+            unused[suffix] = (
+                f"they have {suffix} and --target missing synthesizes only what a session "
+                f"lacks (add --target {suffix} to synthesize it there too)"
+            )
+        else:
+            unused[suffix] = f"--target ({' '.join(request.targets)}) does not name {suffix}"
+    return targets, unused
+
+
+def _warn_unused_specs(unused: Mapping[tuple[str, str], list[str]]) -> None:
+    """One warning per unused ``--target-spec`` entry and reason, naming up to 5 sessions."""
+    for (suffix, reason), sessions in unused.items():
+        shown = ", ".join(sessions[:5]) + (
+            f" and {len(sessions) - 5} more" if len(sessions) > 5 else ""
+        )
+        LOGGER.warning(
+            "--target-spec: the %s protocol is not used for %d session(s) (%s): %s",
+            suffix,
+            len(sessions),
+            shown,
+            reason,
+        )
 
 
 def _row(record: ScanRecord, **values: Any) -> dict[str, Any]:
@@ -158,6 +216,7 @@ def build_plan(
     table = modality_table(modalities)
     rows: list[dict[str, Any]] = []
     sessions: dict[tuple[str, str | None], list[ScanRecord]] = {}
+    unused_specs: dict[tuple[str, str], list[str]] = {}
     for record in index:
         sessions.setdefault((record.subject, record.session), []).append(record)
 
@@ -174,13 +233,20 @@ def build_plan(
                 break
         if not sources:
             continue
+        targets, unused = _targets_for(present, sources[0].suffix, request)
+        name = f"sub-{sources[0].subject}" + (
+            f" ses-{sources[0].session}" if sources[0].session else ""
+        )
+        for suffix, reason in unused.items():
+            unused_specs.setdefault((suffix, reason), []).append(name)
         for record in sources:
-            for target in _targets_for(present, record.suffix, request):
+            for target in targets:
                 rows.append(
                     _plan_job(
                         record, target, request, table, output_dir, overwrite, patch_size, reference
                     )
                 )
+    _warn_unused_specs(unused_specs)
     frame = pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
     return frame.sort_values(
         ["subject", "session", "source", "target_suffix"], na_position="first", kind="stable"

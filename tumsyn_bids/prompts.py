@@ -27,6 +27,11 @@ authors' published prompts exactly:
   float (``2500.0``, ``2.2``). The product with 1000 is rounded to 10 significant digits, which
   removes binary noise (``0.00201 * 1000 == 2.0100000000000002``) but never a digit that was in
   the sidecar (``0.00298`` s gives ``2.98``, not ``3.0``).
+* **Plausibility**: every timing value is checked before it is used (:func:`check_timing`:
+  per-field ranges, TE < TR, TI < TR), because milliseconds written into a BIDS seconds field
+  would otherwise become e.g. ``TE 2980.0`` silently; ranges and sources in
+  ``docs/metadata.md``. The TR slot is ``RepetitionTime``, else ``RepetitionTimePreparation``
+  (MP2RAGE; :func:`repetition_time_field`).
 * **Multi-echo**: if ``EchoTime`` (or any timing field) is a list, the *first* element is used:
   it is the first echo as acquired, the one a single-echo protocol of the same sequence would
   have. BIDS normally splits echoes into ``echo-<n>`` files with scalar times.
@@ -64,11 +69,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "INVERSION_TR_MIN_S",
     "PROMPT_TEMPLATE",
     "Demographics",
     "PromptError",
     "Protocol",
+    "TIMING_LIMITS_S",
     "build_prompt",
+    "check_timing",
     "format_age",
     "format_field_strength",
     "format_flip_angle",
@@ -79,6 +87,7 @@ __all__ = [
     "parse_age",
     "parse_prompt",
     "protocol_from_sidecar",
+    "repetition_time_field",
     "seconds_to_ms",
     "target_prompt",
     "validate_modality_word",
@@ -99,9 +108,20 @@ NONE = "None"
 # would make the prompt ambiguous (or break ``demo.py``'s quote-based prompt-file parsing).
 _FORBIDDEN_CHARS = frozenset(';,():"')
 
-# Plausibility limits. They catch the common sidecar mistake of writing milliseconds where BIDS
-# requires seconds, which would otherwise produce e.g. "TR 2300000.0 ms" silently.
-_MAX_SECONDS = {"RepetitionTime": 100.0, "EchoTime": 10.0, "InversionTime": 100.0}
+#: Plausible values of the BIDS timing fields that feed a prompt, in seconds:
+#: ``field -> (lowest, highest, lowest_is_allowed)``. They catch the common sidecar mistake of
+#: writing milliseconds where BIDS requires seconds (``"EchoTime": 2.98`` for 2.98 ms), which
+#: would otherwise be written as ``TE 2980.0`` silently. Sources and reasons per field are in
+#: ``docs/metadata.md``; :func:`check_timing` applies them.
+TIMING_LIMITS_S: dict[str, tuple[float, float, bool]] = {
+    "RepetitionTime": (0.0, 20.0, False),
+    "RepetitionTimePreparation": (0.0, 20.0, False),
+    "EchoTime": (0.0, 1.0, True),
+    "InversionTime": (0.0, 10.0, True),
+}
+#: Below this TR (s) ``RepetitionTime`` can only be the excitation TR of a gradient-echo readout
+#: (GE and Philips report that TR for inversion-prepared 3-D scans), so TI may exceed it.
+INVERSION_TR_MIN_S = 0.1
 _MAX_FLIP_ANGLE = 360.0
 _MAX_AGE = 150.0
 _MAX_VOXEL_MM = 100.0
@@ -418,20 +438,123 @@ def is_variable_flip_tse(metadata: Mapping[str, Any]) -> bool:
     return any(_VARIABLE_FLIP.search(str(metadata.get(k) or "")) for k in _SEQUENCE_FIELDS)
 
 
+def _numbers(value: Any, what: str) -> list[float]:
+    """Every number of a sidecar timing value (a scalar or a multi-echo list); missing -> []."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    numbers = [_as_number(v, what) for v in values]
+    return [n for n in numbers if n is not None]
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def _unit_hint(field: str, value: float) -> str:
+    """The likely unit mistake behind an implausible ``value`` (seconds) of ``field``."""
+    low, high, _ = TIMING_LIMITS_S[field]
+    if value >= 1.0 and low <= value / 1000.0 <= high:
+        meant = _seconds(value / 1000.0)
+        return f"; BIDS wants seconds: was {_seconds(value)} ms meant ({meant})?"
+    return "; BIDS wants seconds: check the sidecar's units"
+
+
+def check_timing(timing: Mapping[str, Any]) -> None:
+    """Refuse physically implausible timing values, naming the field and the likely mistake.
+
+    ``timing`` maps BIDS field names (``RepetitionTime``, ``RepetitionTimePreparation``,
+    ``EchoTime``, ``InversionTime``; others are ignored) to seconds, a multi-echo list, or
+    None/``"n/a"`` (not checked). The checks, in order:
+
+    1. each repetition time lies in :data:`TIMING_LIMITS_S` (finite, positive, below the
+       field's plausible maximum);
+    2. every echo time is shorter than the repetition time (an echo is read out before the
+       next excitation), then lies in its range (finite, >= 0, below the maximum);
+    3. the inversion time is shorter than the repetition time when that TR is at least
+       :data:`INVERSION_TR_MIN_S` (then it is the time between inversions, Siemens' convention;
+       shorter TRs are the readout's excitation TR, which GE and Philips report instead), then
+       lies in its range.
+
+    The first failed check is reported. The repetition time of 2. and 3. is
+    ``RepetitionTime``, or ``RepetitionTimePreparation`` when ``RepetitionTime`` is absent
+    (MP2RAGE). Raises :class:`PromptError` with one line,
+    e.g. ``EchoTime 2.98 s is longer than RepetitionTime 2.3 s; BIDS wants seconds: was 2.98
+    ms meant (0.00298)?``; the caller prefixes the file name.
+    """
+    present = [name for name in TIMING_LIMITS_S if name in timing]
+    values = {name: _numbers(timing.get(name), name) for name in present}
+    tr_names = ("RepetitionTime", "RepetitionTimePreparation")
+    for name in [n for n in present if n in tr_names] + [n for n in present if n not in tr_names]:
+        if name not in tr_names:  # TE and TI: first against the TR, then their own range
+            _check_against_tr(name, values)
+        _check_limits(name, values[name])
+
+
+def _check_limits(name: str, numbers: list[float]) -> None:
+    low, high, low_allowed = TIMING_LIMITS_S[name]
+    for value in numbers:
+        if not math.isfinite(value):
+            raise PromptError(f"{name} must be finite, got {value!r}")
+        if value < low or (value == low and not low_allowed):
+            relation = "negative" if value < 0 else "not positive"
+            raise PromptError(f"{name} {_seconds(value)} s is {relation}")
+        if value > high:
+            raise PromptError(
+                f"{name} {_seconds(value)} s is longer than any plausible {name} "
+                f"({_seconds(high)} s){_unit_hint(name, value)}"
+            )
+
+
+def _check_against_tr(name: str, values: Mapping[str, list[float]]) -> None:
+    tr_name = "RepetitionTime" if values.get("RepetitionTime") else "RepetitionTimePreparation"
+    tr_values = values.get(tr_name) or []
+    if not tr_values:
+        return
+    tr = tr_values[0]
+    if name == "InversionTime" and tr < INVERSION_TR_MIN_S:
+        return
+    for value in values.get(name, []):
+        if math.isfinite(value) and value >= tr:
+            raise PromptError(
+                f"{name} {_seconds(value)} s is longer than {tr_name} {_seconds(tr)} s"
+                f"{_unit_hint(name, value)}"
+            )
+
+
+def repetition_time_field(metadata: Mapping[str, Any]) -> str | None:
+    """The sidecar field that gives the prompt's TR: ``RepetitionTime``, else
+    ``RepetitionTimePreparation`` (MP2RAGE and other prepared sequences, whose BIDS sidecars
+    carry the preparation-to-preparation time instead); None when neither has a value."""
+    for name in ("RepetitionTime", "RepetitionTimePreparation"):
+        if _numbers(metadata.get(name), name):
+            return name
+    return None
+
+
 def protocol_from_sidecar(
-    metadata: Mapping[str, Any], voxel_size: Sequence[float] | None = None
+    metadata: Mapping[str, Any],
+    voxel_size: Sequence[float] | None = None,
+    *,
+    check: bool = True,
 ) -> Protocol:
     """Build a :class:`Protocol` from a BIDS sidecar dictionary (merged, inherited metadata).
 
-    Only the fields the prompt needs are read (``RepetitionTime``, ``EchoTime``,
-    ``InversionTime``, ``FlipAngle``, ``MagneticFieldStrength``, ``Manufacturer``); a missing
-    field is None. The flip angle of a variable-flip-angle 3-D TSE is the word ``T2var``
-    (:func:`is_variable_flip_tse`). The voxel size is not a sidecar field: the caller passes
-    the image's zooms.
+    Only the fields the prompt needs are read (``RepetitionTime``, or
+    ``RepetitionTimePreparation`` when it is absent, see :func:`repetition_time_field`;
+    ``EchoTime``, ``InversionTime``, ``FlipAngle``, ``MagneticFieldStrength``,
+    ``Manufacturer``); a missing field is None. The flip angle of a variable-flip-angle 3-D TSE
+    is the word ``T2var`` (:func:`is_variable_flip_tse`). The voxel size is not a sidecar field:
+    the caller passes the image's voxel size.
+
+    Raises :class:`PromptError` for a non-numeric value, and, unless ``check`` is False, for
+    an implausible timing value (:func:`check_timing`: usually milliseconds written where BIDS
+    wants seconds). ``check=False`` keeps such values, e.g. to show what a refused sidecar said.
     """
+    if check:
+        check_timing(metadata)
     flip = T2VAR if is_variable_flip_tse(metadata) else metadata.get("FlipAngle")
+    tr_field = repetition_time_field(metadata)
     return Protocol(
-        repetition_time=metadata.get("RepetitionTime"),
+        repetition_time=metadata.get(tr_field) if tr_field else None,
         echo_time=metadata.get("EchoTime"),
         inversion_time=metadata.get("InversionTime"),
         flip_angle=flip,
@@ -490,14 +613,13 @@ def _validate_fields(
 ) -> None:
     """Raise :class:`PromptError` for any value the template cannot faithfully hold."""
     validate_modality_word(modality)
-    for key, value in (
-        ("RepetitionTime", protocol.repetition_time),
-        ("EchoTime", protocol.echo_time),
-        ("InversionTime", protocol.inversion_time),
-    ):
-        _check_range(
-            key, value, _MAX_SECONDS[key], "s", "; BIDS times are in seconds - is it in ms?"
-        )
+    check_timing(
+        {
+            "RepetitionTime": protocol.repetition_time,
+            "EchoTime": protocol.echo_time,
+            "InversionTime": protocol.inversion_time,
+        }
+    )
     if isinstance(protocol.flip_angle, str):
         _check_word("FlipAngle", protocol.flip_angle)
     else:

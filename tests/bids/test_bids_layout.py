@@ -270,8 +270,11 @@ def test_unreadable_sidecar_value_is_a_record_error(copy_dataset, fill_placehold
     records = list(index_anatomical(root))
     t1w, t2w = records
     assert t1w.prompt is None
-    assert t1w.error.startswith("sub-100307/anat/sub-100307_T1w.nii.gz: cannot build the prompt")
-    assert "RepetitionTime" in t1w.error and "seconds" in t1w.error
+    assert t1w.error == (
+        "sub-100307/anat/sub-100307_T1w.nii.gz: unusable sidecar value: RepetitionTime 2300 s "
+        "is longer than any plausible RepetitionTime (20 s); BIDS wants seconds: "
+        "was 2300 ms meant (2.3)?"
+    )
     assert t2w.ok
 
 

@@ -111,3 +111,24 @@ def test_column_detection(columns, age, sex):
 )
 def test_age_in_years(cell, column, sidecar, years):
     assert age_in_years(cell, column, sidecar) == years
+
+
+def test_sessions_json_inherited_without_a_given_layout(tmp_path, caplog):
+    # ParticipantTable on its own builds the PyBIDS layout it needs for the TSV sidecars.
+    (tmp_path / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.10.0"}')
+    (tmp_path / "sub-01").mkdir()
+    (tmp_path / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tage\nses-a\t6\n")
+    (tmp_path / "sessions.json").write_text(json.dumps({"age": {"Units": "months"}}))
+    (tmp_path / "participants.tsv").write_text(
+        "participant_id\tsession_id\tsex\nsub-01\tses-a\tF\nsub-01\tses-b\tM\n"
+    )
+    table = ParticipantTable(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert table.lookup("01", "a") == Demographics(0.5, "F")
+        assert table.lookup("01", "b") == Demographics(None, "M")
+        assert table.lookup("01", "c") == Demographics(None, None)
+        table.lookup("01", "c")
+    warnings = [m for m in caplog.messages if "disagree on the sex" in m]
+    assert warnings == [  # logged once, however often asked
+        "participants.tsv: the 2 rows of sub-01 disagree on the sex (F, M); sex unknown (None)"
+    ]

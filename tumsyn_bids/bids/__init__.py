@@ -21,6 +21,7 @@ _EXPORTS = {
     "parse_filename": "layout",
     "read_bids_filter_file": "layout",
     "records_to_frame": "layout",
+    "BIDSIgnore": "ignore",
     "ImageInfo": "images",
     "probe_image": "images",
     "ParticipantTable": "metadata",

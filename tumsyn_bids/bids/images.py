@@ -8,6 +8,15 @@ how, and the caller decides what to do with it (the plan skips it, ``--dry-run``
 
 Only the header is read (``nibabel.load`` maps the data lazily), so probing a large dataset
 costs one small read per file.
+
+**Voxel size.** A NIfTI header describes the grid twice: the sform (a general affine) and the
+qform (a rotation built from ``pixdim``, the header zooms). nibabel reads the data with the
+sform when its code is set, else the qform, else ``pixdim`` alone (``get_best_affine``), and the
+outputs are written on that affine, so the voxel size is the column norms of that affine (mm
+along i, j, k), the only one that describes the grid the output is written on. When the header's
+two descriptions agree to float noise, the header zooms themselves are reported (the same value
+to within float32 rounding, but the exact numbers the file holds). When they disagree, the
+affine's wins and :attr:`ImageInfo.warning` says so.
 """
 
 from __future__ import annotations
@@ -17,18 +26,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
+
+from ..model.grid import GridError, voxel_sizes
 
 __all__ = ["ImageInfo", "probe_image"]
 
 _ANNEX_MARKERS = (b"/annex/objects/", b".git/annex/objects/")
+
+#: Relative difference above which two voxel sizes of one header disagree. The header stores
+#: float32 (6e-8 relative) and a column norm of a rotated float32 affine carries a few times
+#: that, so 1e-4 (0.1 micrometre on a 1 mm voxel) is far above float noise and far below any
+#: voxel-size difference that changes a prompt (7 significant digits would show 1e-6).
+VOXEL_SIZE_RTOL = 1e-4
+#: Distance (mm) above which the sform and the qform place a corner voxel differently.
+PLACEMENT_TOL_MM = 1e-3
 
 
 @dataclass(frozen=True)
 class ImageInfo:
     """What the header says: voxel size in mm along the array axes (i, j, k), the array shape.
 
-    The voxel size is ``header.get_zooms()[:3]``, the same numbers SimpleITK reports as the
-    (x, y, z) spacing that TUMSyn's own code reads. ``error`` is None for a usable 3D image.
+    The voxel size is that of :attr:`affine` (module docstring: the column norms of the affine
+    nibabel uses, reported as the header zooms when both agree; these are the (x, y, z) spacing
+    SimpleITK reports, which TUMSyn's own code reads). ``error`` is None for a usable 3D image;
+    ``warning`` is one line when the header's sform and qform/pixdim disagree.
     """
 
     voxel_size: tuple[float, float, float] | None = None
@@ -36,6 +58,53 @@ class ImageInfo:
     #: The 4x4 voxel (i, j, k) -> RAS+ mm affine nibabel uses for the data, as nested tuples.
     affine: tuple[tuple[float, ...], ...] | None = None
     error: str | None = None
+    warning: str | None = None
+
+
+def _mm(sizes: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.7g}" for v in sizes) + ") mm"
+
+
+def _header_disagreement(header: nib.Nifti1Header, shape: tuple[int, ...]) -> str | None:
+    """Why the header's sform and qform/pixdim describe different grids; None if they agree.
+
+    Only a set sform can disagree (otherwise nibabel uses the qform, built from pixdim): its
+    voxel sizes against pixdim (relative :data:`VOXEL_SIZE_RTOL`), then, when the qform is set
+    too, the positions the two give the image's corners (:data:`PLACEMENT_TOL_MM`).
+    """
+    if not hasattr(header, "get_sform"):
+        return None
+    sform, sform_code = header.get_sform(coded=True)
+    if sform is None or not sform_code:
+        return None
+    qform, qform_code = header.get_qform(coded=True)
+    pixdim = tuple(float(z) for z in header.get_zooms()[:3])
+    try:
+        sizes = voxel_sizes(sform)
+    except GridError:
+        return "the header's sform has a zero voxel axis"
+    other = "qform/pixdim" if qform_code else "pixdim"
+    used = "the sform is used, as nibabel reads the data and the output is written with it"
+    if not np.allclose(sizes, pixdim, rtol=VOXEL_SIZE_RTOL, atol=0.0):
+        return (
+            f"the header's sform gives voxel size {_mm(sizes)} but its {other} {_mm(pixdim)}; "
+            f"{used}"
+        )
+    if qform is not None and qform_code:
+        corners = np.array(
+            [
+                [i, j, k, 1.0]
+                for i in (0, shape[0] - 1)
+                for j in (0, shape[1] - 1)
+                for k in (0, shape[2] - 1)
+            ]
+        ).T
+        apart = float(np.max(np.linalg.norm((sform @ corners - qform @ corners)[:3], axis=0)))
+        if apart > PLACEMENT_TOL_MM:
+            return (
+                f"the header's sform and qform place the image up to {apart:.3g} mm apart; {used}"
+            )
+    return None
 
 
 def _looks_like_annex_pointer(path: Path) -> bool:
@@ -81,7 +150,8 @@ def probe_image(path: str | os.PathLike[str], display_name: str | None = None) -
         header = image.header
         shape = tuple(int(n) for n in image.shape)
         zooms = tuple(float(z) for z in header.get_zooms())
-        affine = tuple(tuple(float(v) for v in row) for row in image.affine)
+        matrix = np.asarray(image.affine, dtype=float)
+        affine = tuple(tuple(float(v) for v in row) for row in matrix)
     except Exception as exc:  # noqa: BLE001 - any header failure is this image's problem only
         detail = " ".join(str(exc).split()) or type(exc).__name__
         return fail(f"not a readable NIfTI image ({detail})")
@@ -93,10 +163,21 @@ def probe_image(path: str | os.PathLike[str], display_name: str | None = None) -
             shape=shape,
             error=f"{name}: 4D image of shape {shape}; a single 3D volume is needed",
         )
-    voxel_size = zooms[:3]
-    if any(not (z > 0) for z in voxel_size):
+    try:
+        voxel_size = voxel_sizes(matrix)
+    except GridError as exc:
+        return ImageInfo(shape=shape, error=f"{name}: unusable header geometry: {exc}")
+    if np.allclose(voxel_size, zooms[:3], rtol=VOXEL_SIZE_RTOL, atol=0.0):
+        voxel_size = zooms[:3]  # the same grid; keep the numbers the header stores
+    if any(not (z > 0) for z in voxel_size) or not all(np.isfinite(voxel_size)):
         return ImageInfo(
             shape=shape,
             error=f"{name}: header voxel size {voxel_size} is not positive",
         )
-    return ImageInfo(voxel_size=voxel_size, shape=shape, affine=affine)  # type: ignore[arg-type]
+    disagreement = _header_disagreement(header, shape)
+    return ImageInfo(
+        voxel_size=voxel_size,  # type: ignore[arg-type]
+        shape=shape,
+        affine=affine,
+        warning=None if disagreement is None else f"{name}: {disagreement}",
+    )

@@ -4,9 +4,10 @@ This is the first step of the data flow (``cli -> bids -> plan -> workflows``) a
 with training, which pairs images of one session from the same index. One record describes one
 image TUMSyn can read: where it is, what BIDS calls it, the modality word it gets in a prompt,
 its acquisition protocol (sidecar metadata, with BIDS inheritance resolved by PyBIDS), the
-subject's demographics, the voxel size from its header, and its own source prompt. Problems
-with a single image (unreadable header, unusable sidecar value) are recorded in the record's
-``error`` text and never raised, so that one broken file cannot hide the rest of a dataset.
+subject's demographics, the voxel size of the affine its data are read with, and its own
+source prompt. Problems with a single image (unreadable header, unusable sidecar value) are
+recorded in the record's ``error`` text and never raised, so that one broken file cannot hide
+the rest of a dataset; problems that do not stop the image go to its ``warning`` text.
 Problems with the *request* (no such dataset, unknown participant label, malformed filter)
 raise :class:`BIDSIndexError`.
 
@@ -34,6 +35,7 @@ of anatomical image and whose values are PyBIDS entity queries, e.g.::
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from tumsyn_bids.bids.ignore import BIDSIgnore, pybids_ignore
 from tumsyn_bids.bids.images import ImageInfo, probe_image
 from tumsyn_bids.bids.metadata import ParticipantTable
 from tumsyn_bids.bids.modalities import indexed_suffixes, modality_table, resolve_modality
@@ -50,6 +53,7 @@ from tumsyn_bids.prompts import (
     PromptError,
     Protocol,
     build_prompt,
+    check_timing,
     protocol_from_sidecar,
 )
 
@@ -91,6 +95,9 @@ _OTHER_APP_FILTER_KEYS = frozenset(
 )
 
 
+LOGGER = logging.getLogger(__name__)
+
+
 class BIDSIndexError(ValueError):
     """The dataset or the indexing request is unusable (as opposed to one bad image)."""
 
@@ -109,8 +116,11 @@ def load_layout(
     """Build a PyBIDS layout of ``bids_dir`` without validation.
 
     Validation is the BIDS validator's job (the CLI runs it separately, with its own report);
-    here PyBIDS only indexes. ``database_dir`` is passed to PyBIDS as ``database_path`` so that
-    large datasets are indexed once and reused across runs (``reset_database`` re-indexes).
+    here PyBIDS only indexes, skipping what the dataset's ``.bidsignore`` lists, as the
+    validator does (:mod:`tumsyn_bids.bids.ignore`). ``database_dir`` is passed to PyBIDS as
+    ``database_path`` so that large datasets are indexed once and reused across runs
+    (``reset_database`` re-indexes; a reused index keeps the ``.bidsignore`` of its time, but
+    :func:`index_anatomical` applies the current one to the images again).
     """
     root = Path(bids_dir)
     if not root.is_dir():
@@ -119,17 +129,31 @@ def load_layout(
         raise BIDSIndexError(
             f"{root} is not a BIDS dataset: it has no dataset_description.json at its top level"
         )
-    from bids import BIDSLayout  # imported here: PyBIDS takes ~0.5 s to import
-
     try:
-        return BIDSLayout(
-            root,
-            validate=False,
-            database_path=None if database_dir is None else Path(database_dir),
-            reset_database=reset_database,
-        )
+        return pybids_layout(root, database_dir=database_dir, reset_database=reset_database)
     except (ValueError, OSError) as exc:
         raise BIDSIndexError(f"cannot index {root}: {exc}") from exc
+
+
+def pybids_layout(
+    root: str | os.PathLike[str],
+    *,
+    database_dir: str | os.PathLike[str] | None = None,
+    reset_database: bool = False,
+) -> BIDSLayout:
+    """The one place a PyBIDS layout is built: no validation, the dataset's ``.bidsignore``
+    applied (see :func:`load_layout`, which checks ``root`` first). Raises what PyBIDS raises
+    (``ValueError``, ``OSError`` for an unreadable JSON file)."""
+    from bids import BIDSLayout  # imported here: PyBIDS takes ~0.5 s to import
+    from bids.layout import BIDSLayoutIndexer
+
+    return BIDSLayout(
+        Path(root),
+        validate=False,
+        database_path=None if database_dir is None else Path(database_dir),
+        reset_database=reset_database,
+        indexer=BIDSLayoutIndexer(validate=False, ignore=pybids_ignore(root)),
+    )
 
 
 def read_bids_filter_file(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -212,6 +236,9 @@ class ScanRecord:
     affine: tuple[tuple[float, ...], ...] | None = None
     prompt: str | None = None
     error: str | None = None
+    #: Problems that do not stop the image (an ambiguous age, a header whose sform and
+    #: qform/pixdim disagree): one line each, starting with ``relpath``; also logged.
+    warning: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -250,6 +277,7 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "shape",
     "prompt",
     "error",
+    "warning",
 )
 """Columns of :func:`records_to_frame`, one row per :class:`ScanRecord`:
 
@@ -263,8 +291,10 @@ FRAME_COLUMNS: tuple[str, ...] = (
 * ``flip_angle``: object, float degrees, a word such as ``"T2var"``, or None.
 * ``manufacturer`` (as in the sidecar) and ``vendor`` (prompt word), ``sex`` (``M``/``F``):
   object, None when unknown.
-* ``voxel_size`` (mm, 3-tuple) and ``shape`` (tuple): object, None when the header is unreadable.
-* ``prompt`` (source prompt) and ``error`` (None when usable): object.
+* ``voxel_size`` (mm along i, j, k, 3-tuple; :mod:`tumsyn_bids.bids.images`) and ``shape``
+  (tuple): object, None when the header is unreadable.
+* ``prompt`` (source prompt), ``error`` (None when usable) and ``warning`` (None when there
+  is nothing to report): object.
 """
 
 _FLOAT_COLUMNS = frozenset(
@@ -300,6 +330,7 @@ def _frame_row(record: ScanRecord) -> dict[str, Any]:
         "shape": record.shape,
         "prompt": record.prompt,
         "error": record.error,
+        "warning": record.warning,
     }
 
 
@@ -442,6 +473,9 @@ def index_anatomical(
 ) -> ScanIndex:
     """Index every anatomical NIfTI (``.nii``/``.nii.gz``) that has a TUMSyn modality word.
 
+    Files the dataset's ``.bidsignore`` lists are skipped, as the BIDS validator skips them: an
+    ignored localizer is neither an acquired scan of its session nor a synthesis source.
+
     ``layout`` is a PyBIDS layout or a dataset path (then :func:`load_layout` builds one, with
     ``database_dir``). ``participant_labels``/``session_labels`` accept labels with or without
     their ``sub-``/``ses-`` prefix; a label absent from the dataset raises
@@ -459,7 +493,8 @@ def index_anatomical(
     )
     sessions = _check_labels(session_labels, sorted(layout.get_sessions()), "ses-", "session", root)
     queries = _queries_by_suffix(bids_filters, table)
-    participants = ParticipantTable(root)
+    participants = ParticipantTable(root, layout=layout)
+    bidsignore = BIDSIgnore.read(root)
 
     files: dict[str, Any] = {}
     for suffix, extra in queries.items():
@@ -470,7 +505,9 @@ def index_anatomical(
         except ValueError as exc:
             raise BIDSIndexError(f"invalid BIDS filter for {suffix}: {exc}") from exc
         for bids_file in found:
-            files.setdefault(bids_file.path, bids_file)
+            # Also for a layout built elsewhere or reused from a database: ignored is ignored.
+            if not bidsignore.ignores(_relpath(Path(bids_file.path), root)):
+                files.setdefault(bids_file.path, bids_file)
 
     records = []
     for path_text, bids_file in files.items():
@@ -513,19 +550,29 @@ def _make_record(
     info = probe_image(path, relpath) if read_headers else ImageInfo()
     if info.error is not None:
         problems.append(info.error)
+    warnings = [] if info.warning is None else [info.warning]
 
+    timing_ok = True
     try:
-        protocol = protocol_from_sidecar(metadata, info.voxel_size)
+        protocol = protocol_from_sidecar(metadata, info.voxel_size, check=False)
     except PromptError as exc:
         protocol = Protocol(voxel_size=info.voxel_size)
         problems.append(f"{relpath}: unusable sidecar value: {exc}")
+    else:
+        try:
+            check_timing(metadata)
+        except PromptError as exc:  # e.g. ms written where BIDS wants s: refuse the image
+            timing_ok = False
+            problems.append(f"{relpath}: unusable sidecar value: {exc}")
 
-    demographics = participants.lookup(subject, session)
+    demographics, table_warnings = participants.lookup_with_warnings(subject, session)
+    warnings += [f"{relpath}: {warning}" for warning in table_warnings]
     prompt = None
-    try:
-        prompt = build_prompt(modality, protocol, demographics)
-    except PromptError as exc:
-        problems.append(f"{relpath}: cannot build the prompt: {exc}")
+    if timing_ok:  # an implausible time would only repeat the sidecar's error here
+        try:
+            prompt = build_prompt(modality, protocol, demographics)
+        except PromptError as exc:
+            problems.append(f"{relpath}: cannot build the prompt: {exc}")
 
     return ScanRecord(
         path=path,
@@ -544,4 +591,12 @@ def _make_record(
         affine=info.affine,
         prompt=prompt,
         error="\n".join(problems) or None,
+        warning=_log_warnings(warnings),
     )
+
+
+def _log_warnings(warnings: list[str]) -> str | None:
+    """Log each warning line and join them for :attr:`ScanRecord.warning`."""
+    for warning in warnings:
+        LOGGER.warning("%s", warning)
+    return "\n".join(warnings) or None

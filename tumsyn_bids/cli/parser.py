@@ -152,7 +152,8 @@ def _target_like(path: Path) -> dict:
     if not sidecar.is_file():
         raise CLIError(errors.EX_NOINPUT, f"--target-like: no sidecar {sidecar}")
     _, suffix, _ = parse_filename(path.name)
-    return {"suffix": suffix, "metadata": read_json_object(sidecar, "--target-like sidecar")}
+    metadata = read_json_object(sidecar, "--target-like sidecar")
+    return {"suffix": suffix, "metadata": metadata, "path": str(sidecar)}
 
 
 def _request(args: argparse.Namespace) -> SynthesisRequest:
