@@ -13,6 +13,16 @@ if [ -z "${TUMSYN_NO_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
         apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1 \
         || echo "chromium not installed: the browser test will be skipped" >&2
 fi
+# A single-node SLURM cluster (munge, slurmctld, slurmd; ~13 MB) for tests/hpc: the array job
+# and nipype's SLURM plugins run on it for real. The tests start the daemons themselves as root
+# (tests/local_slurm.py) and skip without them; best effort, root + apt only, TUMSYN_NO_SLURM=1
+# opts out.
+if [ -z "${TUMSYN_NO_SLURM:-}" ] && ! command -v slurmctld >/dev/null 2>&1 \
+    && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends slurmctld slurmd slurm-client munge; } >/dev/null 2>&1 \
+        || echo "SLURM not installed: the tests/hpc cluster tests will be skipped" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
