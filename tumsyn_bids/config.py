@@ -116,6 +116,10 @@ class RunConfig:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     dry_run: bool = False
     reports_only: bool = False
+    #: ``--list-participants``: where the selected labels go (``"-"``: standard output).
+    list_participants: str | None = None
+    #: ``--index-only``: build the shared index (and record the validation) and stop.
+    index_only: bool = False
     version: str = ""
 
     def to_json(self) -> dict[str, Any]:

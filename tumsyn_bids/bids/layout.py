@@ -499,6 +499,13 @@ def index_anatomical(
     files: dict[str, Any] = {}
     for suffix, extra in queries.items():
         query = {"datatype": "anat", "suffix": suffix, "extension": list(NIFTI_EXTENSIONS)}
+        # Ask PyBIDS for the selected participants/sessions only: one participant of a large
+        # dataset then costs the same as in a small one. A filter's own subject/session query
+        # replaces these; the check below still applies both.
+        if subjects is not None:
+            query["subject"] = sorted(subjects)
+        if sessions is not None:
+            query["session"] = sorted(sessions)
         query.update(extra)
         try:
             found = layout.get(return_type="object", **query)
@@ -511,6 +518,11 @@ def index_anatomical(
 
     records = []
     for path_text, bids_file in files.items():
+        entities = bids_file.entities
+        if subjects is not None and entities.get("subject") not in subjects:
+            continue  # before _make_record: no header or sidecar read for unselected images
+        if sessions is not None and entities.get("session") not in sessions:
+            continue
         record = _make_record(bids_file, Path(path_text), root, table, participants, read_headers)
         if record is None:
             continue

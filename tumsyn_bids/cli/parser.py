@@ -59,8 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL")
     g.add_argument("--session-label", nargs="+", metavar="LABEL")
     g.add_argument("--bids-filter-file", type=Path, metavar="FILE", help="PyBIDS query JSON")
-    g.add_argument("--bids-database-dir", type=Path, metavar="DIR")
+    g.add_argument(
+        "--bids-database-dir",
+        type=Path,
+        metavar="DIR",
+        help="shared PyBIDS index: built once (with the validator's verdict), reused while the "
+        "selected participants' files are unchanged (docs/hpc.md)",
+    )
     g.add_argument("--skip-bids-validation", action="store_true")
+    g.add_argument(
+        "--index-only",
+        action="store_true",
+        help="build or update the index in --bids-database-dir, validate the dataset once and "
+        "record the verdict there, then exit (before a cluster array; docs/hpc.md)",
+    )
+    g.add_argument(
+        "--list-participants",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write the labels of the participants this selection would process, one per line, "
+        "to FILE (default: standard output) and exit; 66 when none (docs/hpc.md)",
+    )
 
     s = p.add_argument_group("synthesis")
     s.add_argument(
@@ -193,10 +213,18 @@ def _weights(args: argparse.Namespace) -> tuple[Path, Path]:
     return paths
 
 
-def _device_type(device: str) -> str:
-    """``cpu`` or ``cuda``; asking torch only when it must (``auto``, ``cuda``)."""
+def _device_type(device: str, plugin: str = "Linear") -> str:
+    """``cpu`` or ``cuda``; asking torch only when it must (``auto``, ``cuda``).
+
+    With a batch plugin (SLURM...) the synthesis runs on other machines: ``cuda`` is taken as
+    asked (the submitting host often has no GPU), ``auto`` still means this host's devices.
+    """
+    from ..batch import LOCAL_PLUGINS
+
     if device == "cpu":
         return "cpu"
+    if device == "cuda" and plugin not in LOCAL_PLUGINS:
+        return "cuda"
     import torch
 
     if torch.cuda.is_available():
@@ -206,7 +234,7 @@ def _device_type(device: str) -> str:
     return "cpu"
 
 
-def _inference(args: argparse.Namespace) -> InferenceConfig:
+def _inference(args: argparse.Namespace, plugin: str = "Linear") -> InferenceConfig:
     checkpoint, text_encoder = _weights(args)
     try:
         patch = patch_size(args.patch_size, checkpoint)
@@ -215,7 +243,7 @@ def _inference(args: argparse.Namespace) -> InferenceConfig:
         raise CLIError(errors.EX_USAGE, str(exc)) from None
     if min(patch) < 1:
         raise CLIError(errors.EX_USAGE, f"--patch-size must be positive, got {patch}")
-    device_type = None if args.dry_run else _device_type(args.device)
+    device_type = None if args.dry_run else _device_type(args.device, plugin)
     if args.precision == "bf16" and device_type == "cpu":
         raise CLIError(errors.EX_USAGE, "--precision bf16 needs a CUDA device; use fp32")
     return InferenceConfig(
@@ -278,6 +306,15 @@ def check_values(args: argparse.Namespace) -> None:
         raise CLIError(errors.EX_USAGE, str(exc)) from None
     if not 0 <= args.overlap < 1:
         raise CLIError(errors.EX_USAGE, "--overlap must be in [0, 1)")
+    if args.index_only and not args.bids_database_dir:
+        raise CLIError(errors.EX_USAGE, "--index-only needs --bids-database-dir DIR")
+    listing = args.list_participants is not None
+    for flag, given in (("--index-only", args.index_only), ("--list-participants", listing)):
+        if given and (args.analysis_level != "participant" or args.dry_run or args.reports_only):
+            raise CLIError(
+                errors.EX_USAGE,
+                f"{flag} works at the participant level, without --dry-run and --reports-only",
+            )
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -286,7 +323,10 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     The group level and ``--reports-only`` need no weights (``inference`` is None).
     """
     check_values(args)
-    needs_model = args.analysis_level == "participant" and not args.reports_only
+    needs_model = args.analysis_level == "participant" and not (
+        args.reports_only or args.index_only or args.list_participants is not None
+    )
+    execution = _execution(args)
     return RunConfig(
         bids_dir=args.bids_dir.resolve(),
         output_dir=args.output_dir.resolve(),
@@ -297,10 +337,12 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         bids_database_dir=args.bids_database_dir.resolve() if args.bids_database_dir else None,
         skip_bids_validation=args.skip_bids_validation,
         request=_request(args),
-        inference=_inference(args) if needs_model else None,
-        execution=_execution(args),
+        inference=_inference(args, execution.plugin) if needs_model else None,
+        execution=execution,
         dry_run=args.dry_run,
         reports_only=args.reports_only,
+        list_participants=args.list_participants,
+        index_only=args.index_only,
         version=__version__,
     )
 
@@ -313,12 +355,8 @@ def _inside(path: Path, parent: Path) -> bool:
     return True
 
 
-def check_paths(bids: Path, out: Path, work: Path) -> None:
-    """The dataset exists and is BIDS; output and work dirs are outside it and writable.
-
-    Creates ``out`` and ``work`` (that is how writability is proven). Warns when ``out`` holds
-    outputs of another tumsyn-bids version.
-    """
+def check_input(bids: Path) -> None:
+    """The dataset exists and is BIDS (exit 66, 16)."""
     if not bids.is_dir():
         raise CLIError(errors.EX_NOINPUT, f"BIDS dataset folder not found: {bids}")
     if not (bids / "dataset_description.json").is_file():
@@ -326,6 +364,15 @@ def check_paths(bids: Path, out: Path, work: Path) -> None:
             errors.EX_INVALID_DATASET,
             f"{bids} has no dataset_description.json: not a BIDS dataset",
         )
+
+
+def check_paths(bids: Path, out: Path, work: Path) -> None:
+    """The dataset exists and is BIDS; output and work dirs are outside it and writable.
+
+    Creates ``out`` and ``work`` (that is how writability is proven). Warns when ``out`` holds
+    outputs of another tumsyn-bids version.
+    """
+    check_input(bids)
     derivatives = bids / "derivatives"
     allowed = _inside(out, derivatives) and out.resolve() != derivatives.resolve()
     if _inside(out, bids) and not allowed:
@@ -369,5 +416,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, int]:
     """
     args = build_parser().parse_args(argv)
     check_values(args)
-    check_paths(args.bids_dir, args.output_dir, args.work_dir)
+    if args.index_only or args.list_participants is not None:  # no output or work folder
+        check_input(args.bids_dir)
+    else:
+        check_paths(args.bids_dir, args.output_dir, args.work_dir)
     return build_config(args), args.verbose

@@ -30,23 +30,10 @@ LOGGER = logging.getLogger("tumsyn_bids")
 
 
 def validate_input(bids_dir: Path) -> None:
-    from ..bids.validation import ValidatorNotFound, validate_bids
+    """Run the BIDS validator; exit 16 when the dataset is invalid or cannot be validated."""
+    from .dataset import check_verdict, validation_verdict
 
-    try:
-        result = validate_bids(bids_dir)
-    except ValidatorNotFound as exc:
-        raise CLIError(
-            errors.EX_INVALID_DATASET,
-            f"cannot validate {bids_dir}: {exc}; install bids-validator-deno or pass "
-            "--skip-bids-validation",
-        ) from None
-    if not result.ok:
-        listing = "\n  ".join(result.errors[:20])
-        raise CLIError(
-            errors.EX_INVALID_DATASET,
-            f"{bids_dir} is not a valid BIDS dataset:\n  {listing}\n(fix the dataset, or pass "
-            "--skip-bids-validation to run anyway)",
-        )
+    check_verdict(validation_verdict(bids_dir), bids_dir)
 
 
 def _print_plan(plan) -> None:
@@ -63,13 +50,15 @@ def run_participant(config: RunConfig) -> int:
     """Participant level: validate, index, plan; then a dry run, the reports, or the run."""
     from ..bids.layout import BIDSIndexError, index_anatomical
     from ..plan import PlanError, build_plan, write_plan_tsv
+    from .dataset import open_dataset, write_participant_list
 
-    if not config.skip_bids_validation:
-        validate_input(config.bids_dir)
+    layout = open_dataset(config)  # validates, or reuses the verdict of --bids-database-dir
+    if config.index_only and not config.list_participants:
+        return errors.EX_OK
     inference = config.inference
     try:
         index = index_anatomical(
-            config.bids_dir,
+            layout if layout is not None else config.bids_dir,
             participant_labels=config.participant_label,
             session_labels=config.session_label,
             bids_filters=config.bids_filters,
@@ -87,6 +76,8 @@ def run_participant(config: RunConfig) -> int:
         raise CLIError(errors.EX_NOINPUT, str(exc)) from None
     except PlanError as exc:
         raise CLIError(errors.EX_USAGE, str(exc)) from None
+    if config.list_participants:
+        return write_participant_list(config, plan)
     if config.reports_only:
         return write_reports(config, sorted(set(plan["subject"])))
     if plan.empty:
