@@ -103,12 +103,17 @@ class LocalSlurm:
         res = self.run("sbatch", "--parsable", *args, cwd=cwd)
         return res.stdout.strip().split(";")[0]
 
+    def jobs(self, job_id: str = "") -> list[dict[str, str]]:
+        """The fields of ``scontrol show job`` (every job the controller remembers, or the
+        tasks of ``job_id``), one dict per job."""
+        args = ["scontrol", "-o", "show", "job"] + ([job_id] if job_id else [])
+        res = self.run(*args, check=False)
+        return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in res.stdout.splitlines()]
+
     def job_states(self, job_id: str) -> dict[str, tuple[str, str]]:
         """``{job or array task id: (state, exit code)}`` from ``scontrol show job``."""
-        res = self.run("scontrol", "-o", "show", "job", job_id, check=False)
         states = {}
-        for line in res.stdout.splitlines():
-            fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        for fields in self.jobs(job_id):
             key = fields.get("JobId", "")
             if fields.get("ArrayTaskId"):
                 key = f"{fields.get('ArrayJobId')}_{fields['ArrayTaskId']}"

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
+from .batch import graph_plugin_args, prepare_environment, wait_for_graph_jobs
 from .bids.derivatives import (
     atomic_write_json,
     atomic_write_text,
@@ -183,10 +184,13 @@ def execute_plan(plan: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
             LOGGER.warning("graph written as .dot only under %s (%s)", work_dir, exc)
     started = time.time()
     if workflow.list_node_names():
+        prepare_environment(execution.plugin)  # LOGNAME for nipype's SLURM plugins
+        plugin_args, tag = graph_plugin_args(execution.plugin, execution.plugin_args)
         try:
-            workflow.run(plugin=execution.plugin, plugin_args=dict(execution.plugin_args))
+            workflow.run(plugin=execution.plugin, plugin_args=plugin_args)
         except Exception as exc:  # nipype raises RuntimeError listing the crashed nodes
             LOGGER.warning("nipype reported: %s", exc)
+        wait_for_graph_jobs(tag)  # SLURMGraph returns when its jobs are submitted
     final = plan.copy()
     for i, row in final[final["status"] == "planned"].iterrows():
         if is_finished(output_dir, row["output"]):

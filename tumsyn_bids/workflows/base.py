@@ -20,6 +20,7 @@ import pandas as pd
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..batch import node_plugin_args
 from ..bids.derivatives import subject_log_dir
 from ..config import InferenceConfig
 from ..interfaces import CheckImage, DerivativesSink, Postprocess, Synthesize
@@ -77,6 +78,8 @@ def init_synthesis_wf(
         mem_gb=inference.mem_gb,
         n_procs=inference.num_threads or 1,
     )
+    # nipype's SLURM plugins: the GPU node asks sbatch for a GPU, CPU nodes do not
+    synth.plugin_args = node_plugin_args(inference.use_gpu)
     post = pe.Node(Postprocess(), name="postprocess")
     wf.connect([
         (inputnode, check, [("source_file", "in_file")]),
