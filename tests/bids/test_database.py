@@ -153,3 +153,28 @@ def test_concurrent_tasks_build_once_and_read_safely(bids, tmp_path):
     assert outcomes == ["built", "reused", "reused", "reused"], results
     assert {out.split()[1] for out, _ in results} == {"1"}
     assert not list(db.glob(".build-*"))  # no scratch folder left
+
+
+def test_one_participant_reads_only_its_own_files(bids, tmp_path, monkeypatch):
+    """What keeps an array task's start-up flat in N (benchmarks/bench_scale.py): no header
+    of another participant is read, and no query loads every file's entities."""
+    import tumsyn_bids.bids.layout as layout_module
+
+    layout, _ = open_shared_index(bids, build_shared_index(bids, tmp_path / "db").database_dir)
+    probed, id_queries = [], []
+    probe = layout_module.probe_image
+    monkeypatch.setattr(
+        layout_module, "probe_image", lambda path, rel: probed.append(rel) or probe(path, rel)
+    )
+    get = layout.get
+
+    def counting_get(**query):
+        if query.get("return_type") == "id":
+            id_queries.append(query)
+        return get(**query)
+
+    monkeypatch.setattr(layout, "get", counting_get)
+    index = index_anatomical(layout, participant_labels=["02"], session_labels=["1"])
+    assert [r.subject for r in index] == ["02"]
+    assert probed == ["sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz"]
+    assert id_queries == []

@@ -405,6 +405,22 @@ def _check_labels(
     return labels
 
 
+def _entity_values(layout: BIDSLayout, entity: str) -> list[str]:
+    """The sorted values of ``entity`` in the index, e.g. every subject label.
+
+    One ``SELECT DISTINCT`` on PyBIDS's tag table: ``layout.get_subjects()`` loads every file's
+    entities instead, which took most of a one-participant run's start-up in a dataset of 800
+    participants (benchmarks/bench_scale.py). Falls back to it if PyBIDS's tables change.
+    """
+    try:
+        from bids.layout.models import Tag
+
+        rows = layout.session.query(Tag._value).filter(Tag.entity_name == entity).distinct()
+        return sorted(str(value) for (value,) in rows)
+    except Exception:  # noqa: BLE001 - another PyBIDS version: the slow public way
+        return sorted(layout.get(return_type="id", target=entity))
+
+
 def _filter_value(value: Any) -> Any:
     from bids.layout import Query
 
@@ -489,16 +505,23 @@ def index_anatomical(
     root = Path(layout.root)
     table = modality_table(modalities)
     subjects = _check_labels(
-        participant_labels, sorted(layout.get_subjects()), "sub-", "participant", root
+        participant_labels, _entity_values(layout, "subject"), "sub-", "participant", root
     )
-    sessions = _check_labels(session_labels, sorted(layout.get_sessions()), "ses-", "session", root)
+    sessions = _check_labels(
+        session_labels, _entity_values(layout, "session"), "ses-", "session", root
+    )
     queries = _queries_by_suffix(bids_filters, table)
     participants = ParticipantTable(root, layout=layout)
     bidsignore = BIDSIgnore.read(root)
 
-    files: dict[str, Any] = {}
+    # One PyBIDS query per distinct filter, not per suffix: each query scans the whole index.
+    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for suffix, extra in queries.items():
-        query = {"datatype": "anat", "suffix": suffix, "extension": list(NIFTI_EXTENSIONS)}
+        key = json.dumps(extra, sort_keys=True, default=repr)
+        groups.setdefault(key, (extra, []))[1].append(suffix)
+    files: dict[str, Any] = {}
+    for extra, suffixes in groups.values():
+        query = {"datatype": "anat", "suffix": suffixes, "extension": list(NIFTI_EXTENSIONS)}
         # Ask PyBIDS for the selected participants/sessions only: one participant of a large
         # dataset then costs the same as in a small one. A filter's own subject/session query
         # replaces these; the check below still applies both.
@@ -510,7 +533,7 @@ def index_anatomical(
         try:
             found = layout.get(return_type="object", **query)
         except ValueError as exc:
-            raise BIDSIndexError(f"invalid BIDS filter for {suffix}: {exc}") from exc
+            raise BIDSIndexError(f"invalid BIDS filter for {', '.join(suffixes)}: {exc}") from exc
         for bids_file in found:
             # Also for a layout built elsewhere or reused from a database: ignored is ignored.
             if not bidsignore.ignores(_relpath(Path(bids_file.path), root)):

@@ -146,38 +146,59 @@ class _Row:
 
 @dataclass
 class _Table:
-    """One TSV reduced to rows of (label, session, age in years, normalised sex)."""
+    """One TSV reduced to rows of (label, session, age in years, normalised sex).
+
+    Rows are converted when a label is first asked for: a task of a cluster array reads the
+    row of one participant, not the whole participants.tsv of a large dataset.
+    """
 
     name: str = ""
-    rows: list[_Row] = field(default_factory=list)
     #: True for a participants.tsv with a ``session_id`` column (one row per visit).
     long: bool = False
+    frame: pd.DataFrame | None = None
+    labels: pd.Series | None = None
+    id_column: str = ""
+    age_column: str | None = None
+    sex_column: str | None = None
+    sidecar: Mapping[str, Any] = field(default_factory=dict)
+    _rows: dict[str, list[_Row]] = field(default_factory=dict)
 
     @classmethod
     def load(
         cls, tsv: Path, name: str, id_column: str, prefix: str, sidecar: Mapping[str, Any]
     ) -> _Table:
         frame = _read_tsv(tsv)
-        table = cls(name=name)
         if frame is None or id_column not in frame.columns:
-            return table
+            return cls(name=name)
         columns = list(frame.columns)
-        age_column = find_age_column(columns)
-        sex_column = find_sex_column(columns)
-        table.long = id_column == "participant_id" and "session_id" in columns
-        for _, row in frame.iterrows():
-            table.rows.append(
-                _Row(
-                    label=_strip_prefix(row[id_column], prefix),
-                    session=_label_or_none(row["session_id"], "ses-") if table.long else None,
-                    age=age_in_years(row[age_column], age_column, sidecar) if age_column else None,
-                    sex=normalize_sex(row[sex_column]) if sex_column else None,
-                )
-            )
-        return table
+        labels = frame[id_column].str.strip()
+        return cls(
+            name=name,
+            long=id_column == "participant_id" and "session_id" in columns,
+            frame=frame,
+            labels=labels.where(~labels.str.startswith(prefix), labels.str[len(prefix) :]),
+            id_column=id_column,
+            age_column=find_age_column(columns),
+            sex_column=find_sex_column(columns),
+            sidecar=sidecar,
+        )
+
+    def _row(self, label: str, row: pd.Series) -> _Row:
+        age, sex = self.age_column, self.sex_column
+        return _Row(
+            label=label,
+            session=_label_or_none(row["session_id"], "ses-") if self.long else None,
+            age=age_in_years(row[age], age, self.sidecar) if age else None,
+            sex=normalize_sex(row[sex]) if sex else None,
+        )
 
     def rows_for(self, label: str) -> list[_Row]:
-        return [row for row in self.rows if row.label == label]
+        if self.frame is None:
+            return []
+        if label not in self._rows:
+            matches = self.frame[(self.labels == label).to_numpy()]
+            self._rows[label] = [self._row(label, row) for _, row in matches.iterrows()]
+        return self._rows[label]
 
 
 def _agreed(values: list[Any], what: str, where: str, warnings: list[str]) -> Any:
