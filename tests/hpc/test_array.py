@@ -16,6 +16,7 @@ import nibabel as nib
 import pandas as pd
 import pytest
 
+from tests.local_slurm import FINAL_STATES
 from tumsyn_bids.bids.validation import validate_bids
 from tumsyn_bids.simulate import write_simulated_dataset
 
@@ -147,17 +148,19 @@ def array_run(slurm_cluster, tmp_path_factory):
         f"--dependency=afterok:{array}", "--cpus-per-task=1", "--mem=1000M",
         "-o", str(logs / "group.out"), "--wrap", f"{TUMSYN} {bids} {out} group", cwd=base,
     )  # fmt: skip
-    most = 0
+    most, tasks = 0, {}
     deadline = time.monotonic() + 1200
     while time.monotonic() < deadline:
         most = max(most, _running(slurm_cluster, array))
-        states = slurm_cluster.job_states(group)
-        if states and all(s in ("COMPLETED", "FAILED", "CANCELLED") for s, _ in states.values()):
+        tasks = slurm_cluster.job_states(array)
+        if tasks and all(state in FINAL_STATES for state, _ in tasks.values()):
             break
         time.sleep(1)
+    if any(state != "COMPLETED" for state, _ in tasks.values()):
+        slurm_cluster.run("scancel", group)  # afterok can never be satisfied: do not wait
     return {
         "bids": bids, "out": out, "db": db, "logs": logs, "labels": labels, "before": before,
-        "array": slurm_cluster.wait(array, timeout=60), "group": slurm_cluster.wait(group),
+        "array": tasks, "group": slurm_cluster.wait(group, timeout=300),
         "group_id": group, "most_running": most, "seconds": time.monotonic() - started,
     }  # fmt: skip
 

@@ -265,9 +265,11 @@ def _locked(database_dir: Path, exclusive: bool) -> Iterator[bool]:
         database_dir.mkdir(parents=True, exist_ok=True)
         handle = open(database_dir / LOCK, "a+b")  # noqa: SIM115 - closed below
     except OSError as exc:
-        raise DatabaseError(
-            f"cannot use --bids-database-dir {database_dir}: {exc.strerror or exc}"
-        ) from exc
+        if exclusive or not (database_dir / LOCK).is_file():
+            raise DatabaseError(
+                f"cannot use --bids-database-dir {database_dir}: {exc.strerror or exc}"
+            ) from exc
+        handle = open(database_dir / LOCK, "rb")  # noqa: SIM115 - a read-only database folder
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
