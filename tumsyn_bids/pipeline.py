@@ -29,7 +29,7 @@ from .bids.derivatives import (
     write_dataset_description,
 )
 from .config import RunConfig
-from .model.metadata import DEFAULT_TEXT_HEADS, file_sha256, recorded_metadata
+from .model.metadata import DEFAULT_TEXT_HEADS, checkpoint_metadata, file_sha256
 from .plan import write_plan_tsv
 from .workflows import init_tumsyn_wf
 
@@ -103,8 +103,8 @@ def write_job_records(final: pd.DataFrame, output_dir: Path, work_dir: Path) -> 
 def build_sidecars(plan: pd.DataFrame, config: RunConfig) -> dict[str, dict[str, Any]]:
     """The JSON sidecar of every planned output (nothing in it depends on the run's timing)."""
     inference = config.inference
-    recorded = recorded_metadata(inference.checkpoint)
-    heads = inference.text_heads or recorded_metadata(inference.text_encoder).get(
+    recorded = checkpoint_metadata(inference.checkpoint)
+    heads = inference.text_heads or checkpoint_metadata(inference.text_encoder).get(
         "transformer_heads"
     )
     model_info = model_record(

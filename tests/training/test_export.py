@@ -19,7 +19,7 @@ from tumsyn_bids.model import (
     save_text_encoder,
     synthesis_checkpoint,
 )
-from tumsyn_bids.model.checkpoints import checkpoint_metadata
+from tumsyn_bids.model.metadata import checkpoint_metadata
 
 
 @pytest.fixture()

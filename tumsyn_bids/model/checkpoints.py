@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .metadata import EXTRA_KEY, recorded_metadata
+from .metadata import EXTRA_KEY, read_checkpoint
 from .network import FUSION_HEADS, SynthesisConfig, SynthesisNetwork
 from .text_encoder import DEFAULT_TEXT_HEADS, TextEncoder, text_config_from_state_dict
 
@@ -48,33 +47,6 @@ class LoadedCheckpoint:
     model: torch.nn.Module
     path: Path
     extra: dict[str, Any]
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` safely: CPU, weights only, memory-mapped when the format allows it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            # Files written by torch's legacy (pre-zip) serialiser cannot be memory-mapped.
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zips, non-torch files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
-    return obj
-
-
-def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """What tumsyn-bids recorded in a checkpoint; {} if none (see :mod:`.metadata`)."""
-    if zipfile.is_zipfile(path):
-        return recorded_metadata(path)
-    return dict(read_checkpoint(path).get(EXTRA_KEY) or {})
 
 
 def _strict_load(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
