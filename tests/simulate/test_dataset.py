@@ -146,6 +146,7 @@ def test_a_subject_is_the_same_whatever_else_is_written(simulated: Path, tmp_pat
     assert not (alone / "sub-01").exists()
 
 
+@pytest.mark.slow
 def test_parallel_writing_gives_the_same_files(simulated: Path, tmp_path: Path) -> None:
     parallel = write_simulated_dataset(
         tmp_path / "parallel",

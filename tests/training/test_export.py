@@ -38,6 +38,7 @@ def trained(tmp_path):
     return te, syn
 
 
+@pytest.mark.slow
 def test_export_writes_half_weights_that_predict_like_the_originals(tmp_path, trained):
     te, syn = trained
     out = tmp_path / "model"

@@ -403,6 +403,7 @@ def test_val_scale_fixes_the_scale_of_validation_patches():
     assert fixed and all(same_voxels(e) for e in fixed)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(bids, text_encoder, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
