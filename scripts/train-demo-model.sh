@@ -81,6 +81,7 @@ last_two() {
     printf "%0${width}d %0${width}d" $(($1 - 1)) "$1"
 }
 VAL=$(last_two "$SUBJECTS")
+MODEL_NAME=$(python -c 'from tumsyn_bids.model.bundled import DEMO_MODEL_NAME as n; print(n)')
 INTENDED_USE=$(python -c 'from tumsyn_bids.model.bundled import DEMO_INTENDED_USE as u; print(u)')
 mkdir -p "$WORK"
 
@@ -117,7 +118,7 @@ train synthesis "$WORK/train" "$WORK/stage2" --text-encoder "$WORK/stage1/text_e
 # Weights only, float16, with name and intended use recorded in the files.
 export_model() {  # OUT_DIR SYNTHESIS_CHECKPOINT
     tumsyn-train export "$1" --text-encoder "$WORK/stage1/text_encoder.pt" --synthesis "$2" \
-        --name tumsyn-bids-demo-phantom --intended-use "$INTENDED_USE"
+        --name "$MODEL_NAME" --intended-use "$INTENDED_USE"
 }
 
 # 4. Second round (gpu profile): the exported round-one weights trained on, with the float16

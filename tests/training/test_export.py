@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.weights import save_text_encoder
 from tumsyn_bids.cli.train import main as train_main
 from tumsyn_bids.model import (
     PatchSettings,
@@ -16,7 +17,6 @@ from tumsyn_bids.model import (
     TextEncoderConfig,
     load_synthesis,
     load_text_encoder,
-    save_text_encoder,
     synthesis_checkpoint,
 )
 from tumsyn_bids.model.checkpoints import checkpoint_metadata

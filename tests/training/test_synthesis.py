@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.weights import save_text_encoder
 from tumsyn_bids.bids.derivatives import atomic_save_nifti, atomic_write_text
 from tumsyn_bids.cli import errors
 from tumsyn_bids.cli.train import main
@@ -25,10 +26,10 @@ from tumsyn_bids.model import (
     file_sha256,
     load_synthesis,
     load_text_encoder,
-    save_text_encoder,
 )
-from tumsyn_bids.training.metrics import read_metrics
 from tumsyn_bids.training.synthesis.sampling import EpochSampler, PatchDataset, Sampling
+
+from .logs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 

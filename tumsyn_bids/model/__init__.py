@@ -9,7 +9,6 @@ from .checkpoints import (
     file_sha256,
     load_synthesis,
     load_text_encoder,
-    save_text_encoder,
     synthesis_checkpoint,
 )
 from .inference import InputImageError, PatchSettings, Synthesizer, percentile_normalise
@@ -32,7 +31,6 @@ __all__ = [
     "load_synthesis",
     "load_text_encoder",
     "percentile_normalise",
-    "save_text_encoder",
     "synthesis_checkpoint",
     "tokenize",
 ]
