@@ -45,6 +45,7 @@ def _links(page: str) -> list[str]:
     return re.findall(r'(?:href|src)="([^"#]+)', page)
 
 
+@pytest.mark.slow
 def test_participant_run_writes_subject_reports(run):
     bids, out, res = run
     assert res.returncode == 1, res.stderr[-2000:]  # the blanked image's job failed
@@ -74,6 +75,7 @@ def test_participant_run_writes_subject_reports(run):
     assert crashes and "every voxel is zero" in (out / crashes[0]).read_text()
 
 
+@pytest.mark.slow
 def test_reports_only_rebuilds_without_the_model(run, monkeypatch):
     bids, out, _ = run
     shutil.rmtree(out / "sub-01" / "figures")
@@ -94,6 +96,7 @@ def test_reports_only_rebuilds_without_the_model(run, monkeypatch):
     assert (out / "logs" / "prompts.tsv").read_bytes() == before  # the plan record is untouched
 
 
+@pytest.mark.slow
 def test_group_level(run, caplog):
     bids, out, _ = run
     code = main([str(bids), str(out), "group"])
@@ -121,6 +124,7 @@ def test_group_level(run, caplog):
     assert result.ok, result.errors
 
 
+@pytest.mark.slow
 def test_group_level_without_outputs_exits_66(run, tmp_path):
     bids, _, _ = run
     assert main([str(bids), str(tmp_path / "empty"), "group"]) == 66
@@ -152,6 +156,7 @@ def _screenshot(page: Path, png: Path, profile: Path) -> None:
     subprocess.run(cmd, capture_output=True, timeout=120, check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("chromium") is None,
     reason="Debian's chromium is not installed (apt-get install chromium): browser test skipped",

@@ -49,6 +49,7 @@ def app_run(tmp_path_factory):
     return base, bids, before, res
 
 
+@pytest.mark.slow
 def test_participant_run_writes_derivatives(app_run):
     base, bids, before, res = app_run
     assert res.returncode == 0, res.stderr[-3000:]
@@ -75,6 +76,7 @@ def test_participant_run_writes_derivatives(app_run):
     assert tree_digest(bids) == before
 
 
+@pytest.mark.slow
 def test_workflow_output_equals_a_direct_engine_call(app_run):
     """The workflow's output equals a direct call of the engine on the same image and prompt
     (whose agreement with the authors' loop tests/model checks)."""
@@ -96,6 +98,7 @@ def test_workflow_output_equals_a_direct_engine_call(app_run):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_rerun_is_byte_identical_and_skips_finished(app_run):
     base, bids, _, res = app_run
     assert res.returncode == 0
@@ -200,6 +203,7 @@ def _exit_code(argv: list[str]) -> int:
         return exc.code
 
 
+@pytest.mark.slow
 def test_bad_image_fails_alone(tmp_path):
     """A broken image gives a clear error and exit code 65; the other participant finishes."""
     bids = make_dataset(tmp_path / "bids")
@@ -210,6 +214,7 @@ def test_bad_image_fails_alone(tmp_path):
     assert (tmp_path / "out" / OUTPUTS[1]).is_file()
 
 
+@pytest.mark.slow
 def test_example_dataset_validated_in_and_out(tmp_path):
     """The bundled example dataset through the real validator, the app, and the validator again."""
     from tumsyn_bids.bids.validation import validate_bids
@@ -236,6 +241,7 @@ def test_invalid_dataset_exit_code_16(tmp_path, capsys):
     assert "sub-01_T1.nii.gz" in err and "--skip-bids-validation" in err
 
 
+@pytest.mark.slow
 def test_crashing_job_leaves_crash_file_and_others_finish(tmp_path):
     """An image that indexes fine but fails in the workflow: crash file under sub-XX/log."""
     bids = make_dataset(tmp_path / "bids")
@@ -252,6 +258,7 @@ def test_crashing_job_leaves_crash_file_and_others_finish(tmp_path):
     assert "failed" in tsv and "done" in tsv
 
 
+@pytest.mark.slow
 def test_plugin_yaml_and_graph(tmp_path):
     """``--use-plugin`` picks nipype's plugin; ``--write-graph`` works with or without graphviz."""
     bids = make_dataset(tmp_path / "bids")
@@ -271,6 +278,7 @@ def test_plugin_yaml_and_graph(tmp_path):
     assert bad.returncode == 64 and "not a mapping" in bad.stderr
 
 
+@pytest.mark.slow
 def test_output_resolution_grid(tmp_path):
     """``--output-resolution``: the requested voxel size over the source's field of view."""
     from tumsyn_bids.model.grid import output_grid

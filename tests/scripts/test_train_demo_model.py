@@ -37,6 +37,7 @@ def _run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cpu_profile_trains_exports_and_scores_a_model(tmp_path):
     shipped = [file_sha256(p) for p in demo_weights()]
     result = _run(

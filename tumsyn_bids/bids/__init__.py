@@ -13,14 +13,12 @@ from typing import Any
 
 _EXPORTS = {
     "BIDSIndexError": "layout",
-    "FRAME_COLUMNS": "layout",
     "ScanIndex": "layout",
     "ScanRecord": "layout",
     "index_anatomical": "layout",
     "load_layout": "layout",
     "parse_filename": "layout",
     "read_bids_filter_file": "layout",
-    "records_to_frame": "layout",
     "BIDSIgnore": "ignore",
     "ImageInfo": "images",
     "probe_image": "images",

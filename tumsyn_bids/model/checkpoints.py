@@ -106,22 +106,6 @@ def load_text_encoder(path: str | Path, heads: int | None = None) -> LoadedCheck
     return LoadedCheckpoint(model=model, path=path, extra=extra)
 
 
-def save_text_encoder(
-    path: str | Path,
-    state_dict: dict[str, torch.Tensor],
-    heads: int,
-    extra: dict[str, Any] | None = None,
-    **fields: Any,
-) -> None:
-    """Write the authors' stage-1 format plus the head count that shapes cannot tell."""
-    meta = dict(extra or {})
-    meta["transformer_heads"] = int(heads)
-    payload = {"epoch": 0, "global_step": 0, "optimizer_state_dict": {}, **fields}
-    payload["model_state_dict"] = state_dict
-    payload[EXTRA_KEY] = meta
-    torch.save(payload, path)
-
-
 # --------------------------------------------------------------------------- synthesis
 
 

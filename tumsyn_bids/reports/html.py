@@ -245,12 +245,3 @@ def build_subject_report(
             body.append(output_section(record, make_figure(root, record, source_root)))
     update_bidsignore(root, REPORT_IGNORE)
     return atomic_write_text(root / f"sub-{subject}.html", page(f"sub-{subject}", body))
-
-
-def build_subject_reports(
-    output_dir: str | os.PathLike[str],
-    subjects: Iterable[str],
-    bids_dir: str | os.PathLike[str] | None = None,
-) -> list[Path]:
-    """:func:`build_subject_report` for each subject, in order."""
-    return [build_subject_report(output_dir, s, bids_dir) for s in subjects]
