@@ -15,23 +15,15 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
-from .bids.derivatives import (
-    atomic_write_json,
-    atomic_write_text,
-    detect_container,
-    inference_record,
-    is_finished,
-    model_record,
-    software_versions,
-    subject_log_dir,
-    synthesis_sidecar,
-    write_citation,
-    write_dataset_description,
-)
+from .bids.dataset import detect_container, write_dataset_description
+from .bids.io import atomic_write_json, atomic_write_text, is_finished
+from .bids.names import subject_log_dir
+from .bids.sidecars import inference_record, model_record, software_versions, synthesis_sidecar
 from .config import RunConfig
 from .model.metadata import DEFAULT_TEXT_HEADS, file_sha256, recorded_metadata
 from .plan import write_plan_tsv
 from .workflows import init_tumsyn_wf
+from .workflows.citation import write_citation
 
 LOGGER = logging.getLogger("tumsyn_bids.pipeline")
 

@@ -48,6 +48,7 @@ from tumsyn_bids.bids.ignore import BIDSIgnore, pybids_ignore
 from tumsyn_bids.bids.images import ImageInfo, probe_image
 from tumsyn_bids.bids.metadata import ParticipantTable
 from tumsyn_bids.bids.modalities import indexed_suffixes, modality_table, resolve_modality
+from tumsyn_bids.bids.names import NIFTI_EXTENSIONS, parse_filename
 from tumsyn_bids.prompts import (
     Demographics,
     PromptError,
@@ -67,12 +68,9 @@ __all__ = [
     "ScanRecord",
     "index_anatomical",
     "load_layout",
-    "parse_filename",
     "read_bids_filter_file",
     "records_to_frame",
 ]
-
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
 # BIDS short entity names -> PyBIDS entity names, so users may write filters either way.
 _PYBIDS_ENTITY = {
@@ -186,26 +184,6 @@ def _check_filter_shape(data: Any, origin: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Records
 # --------------------------------------------------------------------------------------------
-
-
-def parse_filename(filename: str) -> tuple[dict[str, str], str, str]:
-    """Split a BIDS file name into (entities by short name, suffix, extension).
-
-    Entities keep their file-name order, which is the order BIDS prescribes, so derivative
-    names can be rebuilt from them. ``sub`` and ``ses`` are included.
-    """
-    name = os.path.basename(filename)
-    extension = next((e for e in NIFTI_EXTENSIONS if name.endswith(e)), "")
-    if not extension and "." in name:
-        extension = name[name.index(".") :]
-    stem = name[: len(name) - len(extension)] if extension else name
-    *pairs, suffix = stem.split("_")
-    entities: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("-")
-        if sep:
-            entities[key] = value
-    return entities, suffix, extension
 
 
 @dataclass(frozen=True)

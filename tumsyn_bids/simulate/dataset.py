@@ -42,7 +42,7 @@ import nibabel as nib
 import numpy as np
 
 from .. import __version__
-from ..bids.derivatives import atomic_save_nifti, atomic_write_json, atomic_write_text
+from ..bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
 from ..prompts import Protocol, protocol_from_sidecar
 from .anatomy import (
     FRACTION_LEVELS,

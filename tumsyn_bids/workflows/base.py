@@ -20,7 +20,7 @@ import pandas as pd
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..bids.derivatives import subject_log_dir
+from ..bids.names import subject_log_dir
 from ..config import InferenceConfig
 from ..interfaces import CheckImage, DerivativesSink, Postprocess, Synthesize
 
