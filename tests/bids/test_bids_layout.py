@@ -21,7 +21,7 @@ from tumsyn_bids.bids import (
     load_layout,
     read_bids_filter_file,
 )
-from tumsyn_bids.prompts import Demographics
+from tumsyn_bids.prompts.protocol import Demographics
 
 P = "Imaging parameter TR(ms), TE(ms), TI(ms), and FA(degree):  "
 NO_VOXELS = "Voxel size: (None, None, None); "

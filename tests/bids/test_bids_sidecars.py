@@ -22,7 +22,7 @@ from tumsyn_bids.bids.sidecars import (
     software_versions,
     synthesis_sidecar,
 )
-from tumsyn_bids.prompts import Protocol
+from tumsyn_bids.prompts.protocol import Protocol
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "bids-examples"
 SHA_A = "a" * 64

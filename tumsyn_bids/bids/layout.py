@@ -49,14 +49,9 @@ from tumsyn_bids.bids.images import ImageInfo, probe_image
 from tumsyn_bids.bids.metadata import ParticipantTable
 from tumsyn_bids.bids.modalities import indexed_suffixes, modality_table, resolve_modality
 from tumsyn_bids.bids.names import NIFTI_EXTENSIONS, parse_filename
-from tumsyn_bids.prompts import (
-    Demographics,
-    PromptError,
-    Protocol,
-    build_prompt,
-    check_timing,
-    protocol_from_sidecar,
-)
+from tumsyn_bids.prompts.protocol import Demographics, Protocol, check_timing, protocol_from_sidecar
+from tumsyn_bids.prompts.template import build_prompt
+from tumsyn_bids.prompts.values import PromptError
 
 if TYPE_CHECKING:
     from bids import BIDSLayout

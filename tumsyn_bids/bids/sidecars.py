@@ -22,7 +22,7 @@ from contextlib import suppress
 from pathlib import PurePosixPath
 from typing import Any
 
-from ..prompts import Protocol
+from ..prompts.protocol import Protocol
 from .names import DerivativesError, bids_uri, split_source
 
 __all__ = [
@@ -162,7 +162,7 @@ def inference_record(
 def protocol_record(protocol: Protocol | Mapping[str, Any] | None) -> dict[str, Any]:
     """``TargetProtocol`` of a sidecar: the acquisition the target prompt describes.
 
-    Takes a :class:`tumsyn_bids.prompts.Protocol` (converted to BIDS names; times stay in
+    Takes a :class:`tumsyn_bids.prompts.protocol.Protocol` (converted to BIDS names; times stay in
     seconds as in BIDS sidecars) or a mapping already keyed by BIDS names, which is passed
     through. Unknown values (None) are omitted, and a key outside :data:`PROTOCOL_KEYS` is
     refused, since it is almost certainly a misspelling that would silently vanish.

@@ -43,7 +43,7 @@ import numpy as np
 
 from .. import __version__
 from ..bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
-from ..prompts import Protocol, protocol_from_sidecar
+from ..prompts.protocol import Protocol, protocol_from_sidecar
 from .anatomy import (
     FRACTION_LEVELS,
     TEMPLATE_NAME,
@@ -561,8 +561,8 @@ def render_ground_truth(
 ) -> nib.Nifti1Image:
     """The noise-free, bias-free ``suffix`` image of ``protocol`` for a simulated subject.
 
-    ``protocol`` is a :class:`~tumsyn_bids.prompts.Protocol` or a BIDS sidecar dictionary
-    (read with :func:`tumsyn_bids.prompts.protocol_from_sidecar`). Its
+    ``protocol`` is a :class:`~tumsyn_bids.prompts.protocol.Protocol` or a BIDS sidecar dictionary
+    (read with :func:`tumsyn_bids.prompts.protocol.protocol_from_sidecar`). Its
     ``MagneticFieldStrength`` is used when given, otherwise the field of the subject's scans.
     The image is float32 in the scans' units, on exactly the scans' grid (same affine).
     """

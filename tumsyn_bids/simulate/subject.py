@@ -38,7 +38,7 @@ from functools import cached_property
 import nibabel as nib
 import numpy as np
 
-from ..prompts import Protocol
+from ..prompts.protocol import Protocol
 from .anatomy import (
     TissueMaps,
     dequantize_fractions,
