@@ -43,9 +43,9 @@ from typing import Any
 import pandas as pd
 
 from .bids.io import atomic_write_text, is_finished
-from .bids.layout import ScanIndex, ScanRecord
 from .bids.modalities import modality_table, resolve_modality
 from .bids.names import derivative_relpath
+from .bids.records import ScanIndex, ScanRecord
 from .config import DEFAULT_SOURCES, SUPPORTED_TARGETS, SynthesisRequest
 from .model.grid import GridError, OutputGrid, output_grid
 from .model.tokenizer import count_tokens

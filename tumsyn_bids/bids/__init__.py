@@ -13,13 +13,13 @@ from typing import Any
 
 _EXPORTS = {
     "BIDSIndexError": "layout",
-    "FRAME_COLUMNS": "layout",
-    "ScanIndex": "layout",
-    "ScanRecord": "layout",
+    "FRAME_COLUMNS": "records",
+    "ScanIndex": "records",
+    "ScanRecord": "records",
     "index_anatomical": "layout",
     "load_layout": "layout",
     "read_bids_filter_file": "layout",
-    "records_to_frame": "layout",
+    "records_to_frame": "records",
     "BIDSIgnore": "ignore",
     "parse_filename": "names",
     "ImageInfo": "images",

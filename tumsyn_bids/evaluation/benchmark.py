@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..bids.layout import ScanRecord, index_anatomical
+from ..bids.layout import index_anatomical
+from ..bids.records import ScanRecord
 from ..model.inference import InputImageError, Synthesizer, percentile_normalise
 from ..model.volume import synthesize_nifti
 from ..prompts.protocol import Protocol
