@@ -73,16 +73,6 @@ class InferenceConfig:
         """Whether synthesis nodes take one of MultiProc's GPU slots."""
         return (self.device_type or self.device) == "cuda"
 
-    def settings_record(self) -> dict[str, Any]:
-        """The settings part (no weight paths), as recorded in config.json and the citation."""
-        record = dataclasses.asdict(self)
-        for key in ("checkpoint", "text_encoder"):
-            record.pop(key)
-        record["patch_size"] = list(self.patch_size)
-        record["device"] = self.device_type or self.device
-        record.pop("device_type")
-        return record
-
 
 @dataclass(frozen=True)
 class ExecutionConfig:

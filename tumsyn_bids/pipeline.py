@@ -15,23 +15,15 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
-from .bids.derivatives import (
-    atomic_write_json,
-    atomic_write_text,
-    detect_container,
-    inference_record,
-    is_finished,
-    model_record,
-    software_versions,
-    subject_log_dir,
-    synthesis_sidecar,
-    write_citation,
-    write_dataset_description,
-)
+from .bids.dataset import detect_container, write_dataset_description
+from .bids.io import atomic_write_json, atomic_write_text, is_finished
+from .bids.names import subject_log_dir
+from .bids.sidecars import inference_record, model_record, software_versions, synthesis_sidecar
 from .config import RunConfig
 from .model.metadata import DEFAULT_TEXT_HEADS, checkpoint_metadata, file_sha256
 from .plan import write_plan_tsv
 from .workflows import init_tumsyn_wf
+from .workflows.citation import write_citation
 
 LOGGER = logging.getLogger("tumsyn_bids.pipeline")
 
@@ -146,16 +138,6 @@ def build_sidecars(plan: pd.DataFrame, config: RunConfig) -> dict[str, dict[str,
     return sidecars
 
 
-def citation_settings(config: RunConfig) -> dict[str, Any]:
-    """The settings the citation boilerplate states (``logs/CITATION.md``)."""
-    settings = dict(config.inference.settings_record())
-    settings["targets"] = list(config.request.targets)
-    settings["sources"] = list(config.request.sources)
-    resolution = config.request.output_resolution
-    settings["output_voxel_size"] = list(resolution) if resolution else None
-    return settings
-
-
 def execute_plan(plan: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
     """Run every planned job of ``plan`` as ``config`` says; return the plan with
     ``done``/``failed`` statuses filled in."""
@@ -167,15 +149,18 @@ def execute_plan(plan: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
     write_dataset_description(
         output_dir, config.bids_dir, __version__, container=detect_container()
     )
-    write_citation(output_dir, __version__, citation_settings(config))
 
     nipype_config.set(
         "execution", "stop_on_first_crash", str(execution.stop_on_first_crash).lower()
     )
     nipype_config.set("execution", "remove_unnecessary_outputs", "false")
     workflow = init_tumsyn_wf(
-        plan, config.bids_dir, output_dir, work_dir, config.inference, sidecars
+        plan, config.bids_dir, output_dir, work_dir, config.inference, sidecars, config.request
     )
+    if workflow.list_node_names():
+        # The methods text of the steps this run takes; a run with nothing left to do keeps
+        # the text of the run that made the outputs.
+        write_citation(output_dir, workflow)
     if execution.write_graph:
         try:
             workflow.write_graph(graph2use="colored", format="svg", simple_form=True)

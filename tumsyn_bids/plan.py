@@ -42,13 +42,16 @@ from typing import Any
 
 import pandas as pd
 
-from .bids.derivatives import atomic_write_text, derivative_relpath, is_finished
-from .bids.layout import ScanIndex, ScanRecord
+from .bids.io import atomic_write_text, is_finished
 from .bids.modalities import modality_table, resolve_modality
+from .bids.names import derivative_relpath
+from .bids.records import ScanIndex, ScanRecord
 from .config import DEFAULT_SOURCES, SUPPORTED_TARGETS, SynthesisRequest
 from .model.grid import GridError, OutputGrid, output_grid
 from .model.tokenizer import count_tokens
-from .prompts import PromptError, Protocol, protocol_from_sidecar, target_prompt
+from .prompts.protocol import Protocol, protocol_from_sidecar
+from .prompts.template import target_prompt
+from .prompts.values import PromptError
 
 __all__ = [
     "DEFAULT_SOURCES",
@@ -112,7 +115,7 @@ def check_request(request: SynthesisRequest) -> None:
     """Refuse unknown target/source names and implausible target protocols before indexing.
 
     The ``--target-spec`` and ``--target-like`` protocols pass the same checks as a source
-    sidecar (:func:`tumsyn_bids.prompts.check_timing`); raises :class:`PlanError`.
+    sidecar (:func:`tumsyn_bids.prompts.protocol.check_timing`); raises :class:`PlanError`.
     """
     known = set(SUPPORTED_TARGETS) | set(request.target_specs or {})
     if request.target_like:

@@ -15,10 +15,9 @@ from tumsyn_bids.bids import (
     ModalityTableError,
     index_anatomical,
     load_layout,
-    parse_filename,
     read_bids_filter_file,
 )
-from tumsyn_bids.prompts import Demographics
+from tumsyn_bids.prompts.protocol import Demographics
 
 P = "Imaging parameter TR(ms), TE(ms), TI(ms), and FA(degree):  "
 NO_VOXELS = "Voxel size: (None, None, None); "
@@ -445,12 +444,3 @@ def test_database_dir_is_used_and_reused(copy_dataset, tmp_path):
 def test_accepts_an_existing_layout(examples):
     layout = load_layout(examples / "hcp_example_bids")
     assert len(index_anatomical(layout, read_headers=False)) == 2
-
-
-def test_parse_filename():
-    assert parse_filename("sub-01_ses-mri_acq-mprage_rec-norm_T1w.nii.gz") == (
-        {"sub": "01", "ses": "mri", "acq": "mprage", "rec": "norm"},
-        "T1w",
-        ".nii.gz",
-    )
-    assert parse_filename("/a/b/sub-1_FLAIR.nii") == ({"sub": "1"}, "FLAIR", ".nii")

@@ -72,6 +72,10 @@ def test_participant_run_writes_derivatives(app_run):
     assert desc["GeneratedBy"][0]["Name"] == "tumsyn-bids"
     for log in ("prompts.tsv", "config.json", "CITATION.md"):
         assert (out / "logs" / log).is_file()
+    citation = (out / "logs" / "CITATION.md").read_text()
+    assert "T2w and FLAIR images were synthesized with tumsyn-bids" in citation
+    assert "overlapping patches of 20 x 20 x 20 voxels (overlap ratio 0.5)" in citation
+    assert "Each output is on the voxel grid of its source image." in citation
     # the input dataset is never written to
     assert tree_digest(bids) == before
 
@@ -104,7 +108,7 @@ def test_rerun_is_byte_identical_and_skips_finished(app_run):
     assert res.returncode == 0
     again = run_app(bids, base / "out2", base / "work2", "--target", "T2w", "FLAIR", "--nprocs", 1)
     assert again.returncode == 0, again.stderr[-3000:]
-    for rel in OUTPUTS:
+    for rel in [*OUTPUTS, "logs/CITATION.md", "dataset_description.json"]:
         assert (base / "out" / rel).read_bytes() == (base / "out2" / rel).read_bytes(), rel
         side = rel.replace(".nii.gz", ".json")
         assert (base / "out" / side).read_bytes() == (base / "out2" / side).read_bytes(), side

@@ -6,7 +6,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from tumsyn_bids.prompts import Protocol
+from tumsyn_bids.prompts.protocol import Protocol
 from tumsyn_bids.simulate.signal import render
 from tumsyn_bids.simulate.subject import SimulatedSubject
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tumsyn_bids.bids.validation import validate_bids
-from tumsyn_bids.prompts import Protocol
+from tumsyn_bids.prompts.protocol import Protocol
 from tumsyn_bids.simulate import (
     brain_mask,
     draw_subject,

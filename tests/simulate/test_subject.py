@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tumsyn_bids.prompts import Protocol
+from tumsyn_bids.prompts.protocol import Protocol
 from tumsyn_bids.simulate.anatomy import grid_for, grid_points
 from tumsyn_bids.simulate.subject import (
     AGE_RANGE,

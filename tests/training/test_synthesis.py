@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.weights import save_text_encoder
-from tumsyn_bids.bids.derivatives import atomic_save_nifti, atomic_write_text
+from tumsyn_bids.bids.io import atomic_save_nifti, atomic_write_text
 from tumsyn_bids.cli import errors
 from tumsyn_bids.cli.train import main
 from tumsyn_bids.data.example import make_phantom, write_example_dataset

@@ -1,4 +1,4 @@
-"""Index the anatomical images of a BIDS dataset into :class:`ScanRecord` rows.
+"""Index the anatomical images of a BIDS dataset into ScanRecord rows (:mod:`.records`).
 
 This is the first step of the data flow (``cli -> bids -> plan -> workflows``) and is shared
 with training, which pairs images of one session from the same index. One record describes one
@@ -37,8 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,29 +45,22 @@ from tumsyn_bids.bids.ignore import BIDSIgnore, pybids_ignore
 from tumsyn_bids.bids.images import ImageInfo, probe_image
 from tumsyn_bids.bids.metadata import ParticipantTable
 from tumsyn_bids.bids.modalities import indexed_suffixes, modality_table, resolve_modality
-from tumsyn_bids.prompts import (
-    Demographics,
-    PromptError,
-    Protocol,
-    build_prompt,
-    check_timing,
-    protocol_from_sidecar,
-)
+from tumsyn_bids.bids.names import NIFTI_EXTENSIONS, parse_filename
+from tumsyn_bids.bids.records import ScanIndex, ScanRecord
+from tumsyn_bids.prompts.protocol import Protocol, check_timing, protocol_from_sidecar
+from tumsyn_bids.prompts.template import build_prompt
+from tumsyn_bids.prompts.values import PromptError
 
 if TYPE_CHECKING:
     from bids import BIDSLayout
 
 __all__ = [
     "BIDSIndexError",
-    "ScanIndex",
-    "ScanRecord",
     "index_anatomical",
     "load_layout",
-    "parse_filename",
+    "pybids_layout",
     "read_bids_filter_file",
 ]
-
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
 # BIDS short entity names -> PyBIDS entity names, so users may write filters either way.
 _PYBIDS_ENTITY = {
@@ -177,91 +169,6 @@ def _check_filter_shape(data: Any, origin: str) -> None:
                 f"BIDS filters ({origin}): the value of {key!r} must be an object of entity "
                 f"queries, got {query!r}"
             )
-
-
-# --------------------------------------------------------------------------------------------
-# Records
-# --------------------------------------------------------------------------------------------
-
-
-def parse_filename(filename: str) -> tuple[dict[str, str], str, str]:
-    """Split a BIDS file name into (entities by short name, suffix, extension).
-
-    Entities keep their file-name order, which is the order BIDS prescribes, so derivative
-    names can be rebuilt from them. ``sub`` and ``ses`` are included.
-    """
-    name = os.path.basename(filename)
-    extension = next((e for e in NIFTI_EXTENSIONS if name.endswith(e)), "")
-    if not extension and "." in name:
-        extension = name[name.index(".") :]
-    stem = name[: len(name) - len(extension)] if extension else name
-    *pairs, suffix = stem.split("_")
-    entities: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("-")
-        if sep:
-            entities[key] = value
-    return entities, suffix, extension
-
-
-@dataclass(frozen=True)
-class ScanRecord:
-    """One anatomical image TUMSyn can use as a source, with everything a prompt needs.
-
-    ``entities`` holds the BIDS short names in file-name order, without ``sub``/``ses`` (which
-    are ``subject``/``session``). ``metadata`` is the full sidecar dictionary after BIDS
-    inheritance; ``protocol`` its prompt-relevant part plus the voxel size. ``prompt`` is the
-    source prompt (None only if one of its values cannot be written). ``error`` is None for a
-    usable image, otherwise one line per problem, each starting with ``relpath``.
-    """
-
-    path: Path
-    relpath: str
-    subject: str
-    session: str | None
-    suffix: str
-    extension: str
-    modality: str
-    entities: dict[str, str] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    protocol: Protocol = field(default_factory=Protocol)
-    demographics: Demographics = field(default_factory=Demographics)
-    voxel_size: tuple[float, float, float] | None = None
-    shape: tuple[int, ...] | None = None
-    #: voxel (i, j, k) -> RAS+ mm affine of the image (4x4 nested tuples); None if unreadable.
-    affine: tuple[tuple[float, ...], ...] | None = None
-    prompt: str | None = None
-    error: str | None = None
-    #: Problems that do not stop the image (an ambiguous age, a header whose sform and
-    #: qform/pixdim disagree): one line each, starting with ``relpath``; also logged.
-    warning: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the image can be synthesised from (readable header, valid prompt)."""
-        return self.error is None
-
-
-@dataclass(frozen=True)
-class ScanIndex(Sequence[ScanRecord]):
-    """The indexed images of one dataset, sorted by subject, session and path."""
-
-    root: Path
-    records: tuple[ScanRecord, ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self) -> Iterator[ScanRecord]:
-        return iter(self.records)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        return self.records[index]
-
-    @property
-    def errors(self) -> list[str]:
-        """The error text of every record that has one."""
-        return [r.error for r in self.records if r.error is not None]
 
 
 # --------------------------------------------------------------------------------------------

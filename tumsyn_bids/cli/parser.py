@@ -143,7 +143,7 @@ def read_json_object(path: Path, what: str) -> dict:
 
 
 def _target_like(path: Path) -> dict:
-    from ..bids.layout import parse_filename
+    from ..bids.names import parse_filename
 
     sidecar = path
     for ext in (".nii.gz", ".nii"):
@@ -334,7 +334,8 @@ def check_paths(bids: Path, out: Path, work: Path) -> None:
             f"output_dir {out} is inside the input dataset; use a folder outside it or "
             f"{derivatives / 'tumsyn'}",
         )
-    from ..bids.derivatives import DerivativesError, existing_version
+    from ..bids.dataset import existing_version
+    from ..bids.names import DerivativesError
 
     try:
         previous = existing_version(out)

@@ -107,7 +107,7 @@ def run_participant(config: RunConfig) -> int:
 
 def write_config(config: RunConfig) -> Path:
     """Record the run configuration in ``logs/config.json`` (written once per run)."""
-    from ..bids.derivatives import atomic_write_json
+    from ..bids.io import atomic_write_json
 
     return atomic_write_json(config.output_dir / "logs" / "config.json", config.to_json())
 
@@ -156,7 +156,7 @@ def run_group(config: RunConfig) -> int:
 
 def run_plan(plan, config: RunConfig) -> int:
     """Execute the plan and turn its outcome into messages and an exit code."""
-    from ..bids.derivatives import subject_log_dir
+    from ..bids.names import subject_log_dir
     from ..pipeline import execute_plan
 
     final = execute_plan(plan, config)

@@ -19,7 +19,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 from .. import __version__
-from ..bids.derivatives import atomic_write_text, update_bidsignore
+from ..bids.dataset import update_bidsignore
+from ..bids.io import atomic_write_text
 from .collect import OutputRecord, collect_subject, crash_files
 from .figures import compare_figure
 

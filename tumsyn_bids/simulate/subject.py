@@ -38,7 +38,7 @@ from functools import cached_property
 import nibabel as nib
 import numpy as np
 
-from ..prompts import Protocol
+from ..prompts.protocol import Protocol
 from .anatomy import (
     TissueMaps,
     dequantize_fractions,
@@ -346,7 +346,7 @@ def scan_image(
 ) -> nib.Nifti1Image:
     """A non-negative image as int16 with a ``scl_slope`` that keeps its scanner units.
 
-    The result is meant for saving (``to_bytes``, :func:`~tumsyn_bids.bids.derivatives.
+    The result is meant for saving (``to_bytes``, :func:`~tumsyn_bids.bids.io.
     atomic_save_nifti`): like any in-memory int16 image, its ``get_fdata()`` ignores the slope.
 
     Scanners write integers; the slope (intercept 0) makes the stored values read back as the
