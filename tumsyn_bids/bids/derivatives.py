@@ -648,11 +648,14 @@ def json_text(obj: Any) -> str:
 
 def _temporary_name(target: Path) -> str:
     """A hidden sibling name that keeps the target's extension (``.x.nii.gz`` tools still know
-    the format; BIDS tools and PyBIDS skip dot files)."""
+    the format; BIDS tools and PyBIDS skip dot files) and names its writer (host and process id,
+    so that :func:`tumsyn_bids.cleanup.remove_stale_temporaries` can tell a killed writer's
+    leftover from a live writer's file: ``.{stem}.tmp-{host}-{pid}-{8 hex}{extension}``)."""
     name = target.name
     extension = _nifti_extension(name) or target.suffix
     stem = name[: len(name) - len(extension)] if extension else name
-    return f".{stem}.tmp{secrets.token_hex(4)}{extension}"
+    host = re.sub(r"[^A-Za-z0-9]", "", platform.node())[:32]
+    return f".{stem}.tmp-{host}-{os.getpid()}-{secrets.token_hex(4)}{extension}"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -781,11 +784,14 @@ def update_bidsignore(output_dir: str | os.PathLike[str], patterns: Iterable[str
 
     Files outside the BIDS layout (``logs/``) would otherwise be reported by the validator.
     """
+    from tumsyn_bids.locking import output_lock
+
     path = Path(output_dir) / ".bidsignore"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    missing = [p for p in patterns if p not in lines]
-    if missing or not path.exists():
-        atomic_write_text(path, "".join(f"{line}\n" for line in [*lines, *missing]))
+    with output_lock(output_dir):  # read-modify-write: one run at a time
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        missing = [p for p in patterns if p not in lines]
+        if missing or not path.exists():
+            atomic_write_text(path, "".join(f"{line}\n" for line in [*lines, *missing]))
     return path
 
 
