@@ -382,7 +382,8 @@ def check_paths(bids: Path, out: Path, work: Path) -> None:
         previous = existing_version(out)
         check_output_source(out, bids)
     except DerivativesError as exc:
-        raise CLIError(errors.EX_CANTCREAT, f"{exc}; choose another output_dir") from None
+        fix = "" if "choose" in str(exc) else "; choose another output_dir"
+        raise CLIError(errors.EX_CANTCREAT, f"{exc}{fix}") from None
     if previous is not None and previous != __version__:
         LOGGER.warning(
             "%s holds outputs of tumsyn-bids %s; this is %s: outputs of two versions will mix",
