@@ -13,6 +13,8 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,9 +91,22 @@ class ExecutionConfig:
     overwrite: bool = False
 
 
+def new_run_id() -> str:
+    """A run's identifier: its UTC start time (ms) and 8 random hex digits, e.g.
+    ``20250101T120000.123Z-1a2b3c4d``; names sort by start time, and two runs started at the
+    same moment (two tasks of a SLURM array) still differ. Names the run's log folder
+    (:mod:`tumsyn_bids.runlog`)."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return f"{stamp}-{secrets.token_hex(4)}"
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """One ``tumsyn`` run, resolved: paths, selection, request, inference and execution."""
+    """One ``tumsyn`` run, resolved: paths, selection, request, inference and execution.
+
+    ``run_id`` (:func:`new_run_id`) names the run's own log folder, ``logs/run-<run_id>/``.
+    """
 
     bids_dir: Path
     output_dir: Path
@@ -107,6 +122,7 @@ class RunConfig:
     dry_run: bool = False
     reports_only: bool = False
     version: str = ""
+    run_id: str = field(default_factory=new_run_id)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of the whole configuration (``logs/config.json``)."""

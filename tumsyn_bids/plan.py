@@ -1,9 +1,9 @@
 """The plan table: one row per synthesis job, the spine of a tumsyn-bids run.
 
-``--dry-run`` prints it, the workflow executes it, ``logs/prompts.tsv`` records it and the
-reports read it. It is built from the BIDS index (:mod:`tumsyn_bids.bids.layout`) and the user's
-synthesis choices, with the prompt builder of :mod:`tumsyn_bids.prompts`; nothing here loads a
-model or imports torch.
+``--dry-run`` prints it, the workflow executes it, each run's ``logs/run-<run_id>/prompts.tsv``
+records it (:mod:`tumsyn_bids.runlog`) and the reports read its outcome. It is built from the
+BIDS index (:mod:`tumsyn_bids.bids.layout`) and the user's synthesis choices, with the prompt
+builder of :mod:`tumsyn_bids.prompts`; nothing here loads a model or imports torch.
 
 Rules:
 
@@ -322,8 +322,9 @@ def job_grid(
     )
 
 
-def write_plan_tsv(plan: pd.DataFrame, output_dir: str | Path) -> Path:
-    """Record the plan (as planned, or as executed) in ``logs/prompts.tsv``."""
+def write_plan_tsv(plan: pd.DataFrame, path: str | Path) -> Path:
+    """Record the plan (as planned, or as executed) in the TSV file ``path``: a run's
+    ``logs/run-<run_id>/prompts.tsv`` (:mod:`tumsyn_bids.runlog`)."""
     frame = plan.copy()
     frame["target_protocol"] = [
         json.dumps(p, sort_keys=True) if isinstance(p, dict) else p
@@ -332,6 +333,4 @@ def write_plan_tsv(plan: pd.DataFrame, output_dir: str | Path) -> Path:
     frame["output_grid"] = [
         json.dumps(g.record()) if isinstance(g, OutputGrid) else g for g in frame["output_grid"]
     ]
-    path = Path(output_dir) / "logs" / "prompts.tsv"
-    path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, frame.to_csv(sep="\t", index=False, na_rep="n/a"))

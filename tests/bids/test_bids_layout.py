@@ -262,7 +262,8 @@ def test_unreadable_sidecar_value_is_a_record_error(copy_dataset, fill_placehold
     sidecar.write_text(json.dumps({"RepetitionTime": 2300, "EchoTime": 0.002}))
     records = list(index_anatomical(root))
     t1w, t2w = records
-    assert t1w.prompt is None
+    # the record still shows what can be written; the refused TR is None, never 2300000 ms
+    assert t1w.prompt.endswith("(None, 2.0, None, None)")
     assert t1w.error == (
         "sub-100307/anat/sub-100307_T1w.nii.gz: unusable sidecar value: RepetitionTime 2300 s "
         "is longer than any plausible RepetitionTime (20 s); BIDS wants seconds: "

@@ -10,15 +10,21 @@ was written by another program is refused rather than overwritten.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from .io import atomic_write_json, atomic_write_text
 from .names import CITATION_RELPATH, RAW_LINK, DerivativesError, file_uri
 
+LOGGER = logging.getLogger(__name__)
+
 __all__ = [
+    "check_output_source",
+    "read_json_object",
     "BIDS_VERSION",
     "CODE_URL",
     "CONTAINER_TAG_ENV",
@@ -73,7 +79,7 @@ def detect_container(
     return {"Type": kind, "Tag": tag} if tag else {"Type": kind}
 
 
-def _read_json_object(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
     """A JSON object from ``path``, or None when the file is missing, unreadable or not one."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -97,7 +103,7 @@ def dataset_description(
     """
     raw_uri = file_uri(bids_dir)
     source: dict[str, Any] = {"URL": raw_uri}
-    raw = _read_json_object(Path(bids_dir) / "dataset_description.json") or {}
+    raw = read_json_object(Path(bids_dir) / "dataset_description.json") or {}
     doi = raw.get("DatasetDOI")
     if isinstance(doi, str) and doi.strip():
         source["DOI"] = doi.strip()
@@ -133,7 +139,7 @@ def existing_version(output_dir: str | os.PathLike[str]) -> str | None:
     path = Path(output_dir) / "dataset_description.json"
     if not path.exists():
         return None
-    data = _read_json_object(path)
+    data = read_json_object(path)
     generated = (data or {}).get("GeneratedBy")
     first = generated[0] if isinstance(generated, list) and generated else None
     if not isinstance(first, dict) or first.get("Name") != PIPELINE_NAME:
@@ -171,9 +177,82 @@ def update_bidsignore(output_dir: str | os.PathLike[str], patterns: Iterable[str
     Files outside the BIDS layout (``logs/``, reports) would otherwise be reported by the
     validator. (Reading an *input* dataset's ``.bidsignore`` is :mod:`tumsyn_bids.bids.ignore`.)
     """
+    from tumsyn_bids.locking import output_lock
+
     path = Path(output_dir) / ".bidsignore"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    missing = [p for p in patterns if p not in lines]
-    if missing or not path.exists():
-        atomic_write_text(path, "".join(f"{line}\n" for line in [*lines, *missing]))
+    with output_lock(output_dir):  # read-modify-write: one run at a time
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        missing = [p for p in patterns if p not in lines]
+        if missing or not path.exists():
+            atomic_write_text(path, "".join(f"{line}\n" for line in [*lines, *missing]))
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Whether an existing tumsyn-bids output folder may receive this run's outputs.
+#
+# An output folder written by another program is refused by existing_version. One written by
+# tumsyn-bids from *another* input dataset is refused by check_output_source: its
+# dataset_description.json (DatasetLinks.raw, SourceDatasets) would then describe only one of
+# the two datasets, and outputs of different participants with the same labels would be mixed.
+# --------------------------------------------------------------------------------------------
+
+
+def _uri_path(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return None
+    return Path(unquote(parsed.path))
+
+
+def check_output_source(
+    output_dir: str | os.PathLike[str], bids_dir: str | os.PathLike[str]
+) -> None:
+    """Refuse (:class:`DerivativesError`) an output folder made from another input dataset.
+
+    A folder without a readable description is accepted (nothing to compare with). The rule,
+    from what the description records:
+
+    * the recorded input folder is this one (same ``file://`` URI, or the same folder once
+      links are resolved): accepted;
+    * both datasets state a DOI and the DOIs differ: refused;
+    * the recorded input folder still exists, holds a BIDS dataset, and is another folder:
+      refused;
+    * the recorded folder no longer exists (the dataset was moved, or the run was in a
+      container whose bind mount is gone): accepted with a warning, since nothing shows
+      another dataset.
+    """
+    out, bids = Path(output_dir), Path(bids_dir)
+    description = read_json_object(out / "dataset_description.json")
+    if not description:
+        return
+    links = description.get("DatasetLinks") or {}
+    recorded = links.get("raw") if isinstance(links, dict) else None
+    sources = description.get("SourceDatasets") or [{}]
+    first = sources[0] if isinstance(sources, list) and sources else {}
+    recorded = recorded or (first.get("URL") if isinstance(first, dict) else None)
+    if not isinstance(recorded, str) or recorded == file_uri(bids):
+        return
+    raw = read_json_object(bids / "dataset_description.json") or {}
+    old_doi = first.get("DOI") if isinstance(first, dict) else None
+    new_doi = raw.get("DatasetDOI")
+    what = f"{out} holds outputs of the input dataset {recorded}, not of {file_uri(bids)}"
+    if isinstance(old_doi, str) and isinstance(new_doi, str) and old_doi.strip() != new_doi.strip():
+        raise DerivativesError(f"{what} (DOI {old_doi} vs {new_doi})")
+    old = _uri_path(recorded)
+    if old is None:
+        return
+    if (old / "dataset_description.json").is_file():
+        try:
+            same = old.resolve() == bids.resolve() or os.path.samefile(old, bids)
+        except OSError:
+            same = False
+        if not same:
+            raise DerivativesError(what)
+        return
+    LOGGER.warning(
+        "%s was written from %s, which no longer exists; taking %s to be the same dataset, moved",
+        out,
+        old,
+        bids,
+    )

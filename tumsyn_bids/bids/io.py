@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
+import platform
+import re
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,15 +31,21 @@ if TYPE_CHECKING:
     import nibabel as nib
 
 __all__ = [
+    "FOREIGN_MAX_AGE_S",
     "atomic_save_nifti",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "is_finished",
+    "is_stale_temporary",
     "json_text",
     "nifti_bytes",
+    "remove_stale_temporaries",
     "save_derivative",
+    "temporary_name",
 ]
+
+LOGGER = logging.getLogger(__name__)
 
 
 def json_text(obj: Any) -> str:
@@ -63,13 +73,20 @@ def json_text(obj: Any) -> str:
     )
 
 
-def _temporary_name(target: Path) -> str:
+def _host() -> str:
+    """This host's name as temporary file names carry it (letters and digits, 32 at most)."""
+    return re.sub(r"[^A-Za-z0-9]", "", platform.node())[:32]
+
+
+def temporary_name(target: Path) -> str:
     """A hidden sibling name that keeps the target's extension (``.x.nii.gz`` tools still know
-    the format; BIDS tools and PyBIDS skip dot files)."""
+    the format; BIDS tools and PyBIDS skip dot files) and names its writer (host and process id,
+    so that :func:`remove_stale_temporaries` can tell a killed writer's
+    leftover from a live writer's file: ``.{stem}.tmp-{host}-{pid}-{8 hex}{extension}``)."""
     name = target.name
     extension = nifti_extension(name) or target.suffix
     stem = name[: len(name) - len(extension)] if extension else name
-    return f".{stem}.tmp{secrets.token_hex(4)}{extension}"
+    return f".{stem}.tmp-{_host()}-{os.getpid()}-{secrets.token_hex(4)}{extension}"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -94,7 +111,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = target.with_name(_temporary_name(target))
+        tmp = target.with_name(temporary_name(target))
         try:
             fd = os.open(tmp, flags, 0o666)
             break
@@ -189,3 +206,72 @@ def is_finished(output_dir: str | os.PathLike[str], relpath: str) -> bool:
         except OSError:
             return False
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# Leftovers of interrupted runs. A process killed in the middle of a write (SIGKILL, a job's
+# time limit, a node that lost power) cannot remove its temporary file; the next run does, with
+# remove_stale_temporaries. A temporary file is stale when it names this host and a process id
+# that no longer runs, or, written on another host (or by an older version that did not name its
+# writer), when it is older than FOREIGN_MAX_AGE_S; a file a live process is writing is never
+# touched, so runs sharing the output folder can clean up at any time.
+# --------------------------------------------------------------------------------------------
+
+#: ``.{stem}.tmp-{host}-{pid}-{8 hex}{extension}``, as :func:`temporary_name` writes.
+_TEMPORARY = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-[0-9a-f]{8}(\.\w+)*$")
+#: The names older versions wrote (``.{stem}.tmp{8 hex}{extension}``, ``.{name}.tmp.png``).
+_LEGACY = re.compile(r"^\..+\.tmp([0-9a-f]{8})?(\.\w+)*$")
+#: Age (s) after which a temporary file this host cannot check is taken as a leftover: no write
+#: of one output takes a day.
+FOREIGN_MAX_AGE_S = 24 * 3600
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def is_stale_temporary(path: Path, now: float | None = None) -> bool:
+    """Whether ``path`` is a temporary file of a writer that is gone (module docstring)."""
+    match = _TEMPORARY.match(path.name)
+    if match and match["host"] == _host():
+        return not _alive(int(match["pid"]))
+    if match or _LEGACY.match(path.name):
+        try:
+            age = (time.time() if now is None else now) - path.stat().st_mtime
+        except OSError:
+            return False
+        return age > FOREIGN_MAX_AGE_S
+    return False
+
+
+def remove_stale_temporaries(
+    output_dir: str | os.PathLike[str], subjects: Iterable[str] = ()
+) -> list[Path]:
+    """Remove stale temporary files from ``output_dir``: its top level, ``logs/`` and the
+    folders of ``subjects`` (labels without ``sub-``). Returns what was removed (also logged)."""
+    root = Path(output_dir)
+    candidates: list[Path] = []
+    if root.is_dir():
+        candidates += [p for p in root.iterdir() if p.name.startswith(".")]
+    for folder in [root / "logs", *(root / f"sub-{s}" for s in sorted(set(subjects)))]:
+        if folder.is_dir():
+            candidates += [p for p in folder.rglob(".*") if ".locks" not in p.parts]
+    removed = []
+    now = time.time()
+    for path in candidates:
+        if path.is_file() and is_stale_temporary(path, now):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+            LOGGER.info("removed a leftover of an interrupted run: %s", path)
+    return removed

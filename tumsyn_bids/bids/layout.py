@@ -47,8 +47,12 @@ from tumsyn_bids.bids.metadata import ParticipantTable
 from tumsyn_bids.bids.modalities import indexed_suffixes, modality_table, resolve_modality
 from tumsyn_bids.bids.names import NIFTI_EXTENSIONS, parse_filename
 from tumsyn_bids.bids.records import ScanIndex, ScanRecord
-from tumsyn_bids.prompts.protocol import Protocol, check_timing, protocol_from_sidecar
-from tumsyn_bids.prompts.template import build_prompt
+from tumsyn_bids.prompts.protocol import (
+    Protocol,
+    check_timing,
+    protocol_from_sidecar,
+)
+from tumsyn_bids.prompts.template import build_prompt, readable_prompt
 from tumsyn_bids.prompts.values import PromptError
 
 if TYPE_CHECKING:
@@ -135,12 +139,72 @@ def pybids_layout(
     from bids import BIDSLayout  # imported here: PyBIDS takes ~0.5 s to import
     from bids.layout import BIDSLayoutIndexer
 
-    return BIDSLayout(
-        Path(root),
-        validate=False,
-        database_path=None if database_dir is None else Path(database_dir),
-        reset_database=reset_database,
-        indexer=BIDSLayoutIndexer(validate=False, ignore=pybids_ignore(root)),
+    def build(ignore: list[Any]) -> BIDSLayout:
+        return BIDSLayout(
+            Path(root),
+            validate=False,
+            database_path=None if database_dir is None else Path(database_dir),
+            reset_database=reset_database,
+            indexer=BIDSLayoutIndexer(validate=False, ignore=ignore),
+        )
+
+    try:
+        return build(pybids_ignore(root))
+    except OSError as exc:
+        if "decode JSON" not in str(exc):
+            raise
+    # One sidecar that is not JSON makes PyBIDS refuse the whole dataset: index without the
+    # broken files instead, and let the images that inherit from them carry the error.
+    root = Path(root)
+    invalid = invalid_json_files(root)
+    layout = build([*pybids_ignore(root), *(p.relative_to(root).as_posix() for p in invalid)])
+    setattr(layout, INVALID_JSON_ATTR, invalid)
+    return layout
+
+
+#: Attribute of a layout built by :func:`pybids_layout` that lists the JSON files left out
+#: because they do not parse (path -> reason).
+INVALID_JSON_ATTR = "tumsyn_invalid_json"
+
+
+def invalid_json_files(root: str | os.PathLike[str]) -> dict[Path, str]:
+    """Every ``.json`` file of the dataset (outside ``derivatives``, ``sourcedata``, ``code``
+    and hidden folders) that is not valid UTF-8 JSON, with the parser's reason."""
+    root = Path(root)
+    skip = {"derivatives", "sourcedata", "code"}
+    found: dict[Path, str] = {}
+    for folder, dirs, names in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and not (rel == Path(".") and d in skip)
+        ]
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            path = Path(folder) / name
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                found[path] = " ".join(str(exc).split())
+            except OSError as exc:
+                found[path] = exc.strerror or type(exc).__name__
+    return found
+
+
+def _sidecar_applies(sidecar: Path, image: Path, root: Path) -> bool:
+    """Whether ``sidecar`` is in ``image``'s inheritance chain (BIDS inheritance principle):
+    in the image's folder or one above it within the dataset, the same suffix, and entities
+    that are a subset of the image's."""
+    if image.parent != sidecar.parent and sidecar.parent not in image.parents:
+        return False
+    try:
+        sidecar.parent.relative_to(root)
+    except ValueError:
+        return False
+    json_entities, json_suffix, _ = parse_filename(sidecar.name)
+    image_entities, image_suffix, _ = parse_filename(image.name)
+    return json_suffix == image_suffix and all(
+        image_entities.get(key) == value for key, value in json_entities.items()
     )
 
 
@@ -303,7 +367,15 @@ def index_anatomical(
 
     records = []
     for path_text, bids_file in files.items():
-        record = _make_record(bids_file, Path(path_text), root, table, participants, read_headers)
+        record = _make_record(
+            bids_file,
+            Path(path_text),
+            root,
+            table,
+            participants,
+            read_headers,
+            getattr(layout, INVALID_JSON_ATTR, None),
+        )
         if record is None:
             continue
         if subjects is not None and record.subject not in subjects:
@@ -322,8 +394,14 @@ def _make_record(
     table: Mapping[str, str],
     participants: ParticipantTable,
     read_headers: bool,
+    invalid_sidecars: Mapping[Path, str] | None = None,
 ) -> ScanRecord | None:
-    """Build one record, turning every per-image problem into error text."""
+    """Build one record, turning every per-image problem into error text.
+
+    ``invalid_sidecars`` (JSON file -> parse error, :func:`invalid_json_files`) were left out
+    of the index; an image that would inherit from one of them is refused with that reason.
+    """
+    invalid_sidecars = invalid_sidecars or {}
     relpath = _relpath(path, root)
     entities, suffix, extension = parse_filename(path.name)
     subject = entities.pop("sub", None) or bids_file.entities.get("subject")
@@ -357,6 +435,13 @@ def _make_record(
             timing_ok = False
             problems.append(f"{relpath}: unusable sidecar value: {exc}")
 
+    for sidecar, reason in invalid_sidecars.items():
+        if _sidecar_applies(sidecar, path, root):
+            problems.append(
+                f"{relpath}: its sidecar {_relpath(sidecar, root)} is not valid JSON ({reason}); "
+                "fix or remove it"
+            )
+
     demographics, table_warnings = participants.lookup_with_warnings(subject, session)
     warnings += [f"{relpath}: {warning}" for warning in table_warnings]
     prompt = None
@@ -365,6 +450,8 @@ def _make_record(
             prompt = build_prompt(modality, protocol, demographics)
         except PromptError as exc:
             problems.append(f"{relpath}: cannot build the prompt: {exc}")
+    if problems:  # the record of a refused image shows every value that can be written
+        prompt = readable_prompt(modality, metadata, info.voxel_size, demographics)
 
     return ScanRecord(
         path=path,

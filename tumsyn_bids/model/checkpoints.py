@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, TextHeadsError
 from .metadata import EXTRA_KEY, read_checkpoint
 from .network import FUSION_HEADS, SynthesisConfig, SynthesisNetwork
 from .text_encoder import DEFAULT_TEXT_HEADS, TextEncoder, text_config_from_state_dict
@@ -94,10 +94,25 @@ def load_text_encoder(path: str | Path, heads: int | None = None) -> LoadedCheck
     n_heads = heads or int(extra.get("transformer_heads", DEFAULT_TEXT_HEADS))
     if "token_embedding.weight" not in sd:
         raise CheckpointError(f"{path}: no text tower (token_embedding.weight) in the state dict")
+    width = int(sd["token_embedding.weight"].shape[1])
+    if width % n_heads:
+        origin = (
+            "given with --text-heads"
+            if heads
+            else "recorded in the file"
+            if "transformer_heads" in extra
+            else f"the published model's {DEFAULT_TEXT_HEADS}; the file records none"
+        )
+        divisors = ", ".join(str(n) for n in range(1, width + 1) if width % n == 0 and n <= 64)
+        raise TextHeadsError(
+            f"{path}: the text encoder's width {width} is not divisible by {n_heads} attention "
+            f"heads ({origin}); pass --text-heads N with the head count it was trained with, a "
+            f"divisor of {width} ({divisors})"
+        )
     try:
         config = text_config_from_state_dict(sd, n_heads)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: not a usable text encoder ({exc})") from exc
     model = TextEncoder(config)
     used = {k: v for k, v in sd.items() if not k.startswith(TEXT_UNUSED_PREFIXES)}
     _strict_load(model, used, path)
@@ -221,3 +236,44 @@ def synthesis_checkpoint(
         "epoch": epoch,
         EXTRA_KEY: meta,
     }
+
+
+def check_weights(
+    checkpoint: str | Path, text_encoder: str | Path, heads: int | None = None
+) -> None:
+    """Load both checkpoints once, as every synthesis node will, before any job starts.
+
+    A run whose weights cannot be used would otherwise crash in every job, one by one. Raises
+    :class:`TextHeadsError` when ``heads`` (or the file's record, or the published default)
+    does not divide the text width, and :class:`CheckpointError` when a file cannot be read
+    (truncated, not a torch file, a pickle that would run code: files are loaded with
+    ``weights_only=True``) or is not the stage its option expects; every message names the
+    option, the file and the fix.
+    """
+    try:
+        load_synthesis(checkpoint)
+    except CheckpointError as exc:
+        text = str(exc)
+        if "text-encoder checkpoint" in text:
+            fix = "it is the text encoder: give checkpoint.pth as --checkpoint and "
+            fix += "checkpoint_CLIP.pt as --text-encoder"
+        elif text.startswith("cannot read checkpoint"):
+            fix = "the file is truncated, corrupt, or not a torch checkpoint of weights only; "
+            fix += "download it again (Zenodo record 13119176)"
+        else:
+            fix = "give the TUMSyn synthesis checkpoint (checkpoint.pth)"
+        raise CheckpointError(f"--checkpoint: {text}; {fix}") from None
+    try:
+        load_text_encoder(text_encoder, heads=heads)
+    except TextHeadsError:
+        raise
+    except CheckpointError as exc:
+        text = str(exc)
+        if "synthesis" in text or "model_state_dict" in text:
+            fix = "give checkpoint_CLIP.pt as --text-encoder and checkpoint.pth as --checkpoint"
+        elif text.startswith("cannot read checkpoint"):
+            fix = "the file is truncated, corrupt, or not a torch checkpoint of weights only; "
+            fix += "download it again (Zenodo record 13119176)"
+        else:
+            fix = "give the TUMSyn text encoder (checkpoint_CLIP.pt)"
+        raise CheckpointError(f"--text-encoder: {text}; {fix}") from None

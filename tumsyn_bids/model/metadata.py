@@ -17,6 +17,7 @@ import hashlib
 import io
 import pickle
 import zipfile
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +85,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             # Files written by torch's legacy (pre-zip) serialiser cannot be memory-mapped.
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zips, non-torch files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(path, exc)}") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
     return obj
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """One line for why ``torch.load`` failed (its weights-only refusal is paragraphs long)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        culprit = next((ln for ln in lines if "GLOBAL" in ln), lines[-1])
+        return f"it holds objects that would run code when loaded; refused ({culprit})"
+    with suppress(OSError), open(path, "rb") as handle:
+        if handle.read(2) == b"PK" and not zipfile.is_zipfile(path):
+            return "an incomplete zip archive (a truncated copy or download?)"
+    return lines[0] if lines else type(exc).__name__
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, Any]:

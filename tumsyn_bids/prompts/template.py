@@ -25,9 +25,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from .protocol import Demographics, Protocol, check_timing, coerce_voxel_size
+from .protocol import (
+    Demographics,
+    Protocol,
+    check_timing,
+    coerce_voxel_size,
+    protocol_from_sidecar,
+)
 from .values import (
     NONE,
     PromptError,
@@ -39,8 +46,10 @@ from .values import (
 )
 
 __all__ = [
+    "PROMPT_FIELDS",
     "PROMPT_TEMPLATE",
     "build_prompt",
+    "readable_prompt",
     "parse_prompt",
     "target_prompt",
     "validate_modality_word",
@@ -210,6 +219,60 @@ def build_prompt(
     )
     validate_prompt(prompt)
     return prompt
+
+
+#: Sidecar fields a prompt reads, in the order :func:`readable_prompt` tries them.
+PROMPT_FIELDS = (
+    "MagneticFieldStrength",
+    "Manufacturer",
+    "RepetitionTime",
+    "RepetitionTimePreparation",
+    "EchoTime",
+    "InversionTime",
+    "FlipAngle",
+)
+
+
+def readable_prompt(
+    modality: str,
+    metadata: Mapping[str, Any],
+    voxel_size: Sequence[float] | None = None,
+    demographics: Demographics | None = None,
+) -> str | None:
+    """The prompt of an image that cannot be used, with every value that can be written.
+
+    For the record of a refused image (``prompts.tsv``, ``--dry-run``): the sidecar's prompt
+    fields are added one at a time (:data:`PROMPT_FIELDS` order), each kept only if the prompt
+    can still be built with it, so a non-numeric, implausible or inconsistent value (``TE`` in
+    ms with ``TE > TR``) shows as ``None`` while the others keep what the sidecar says. An
+    unwritable age or voxel size is dropped the same way. None when not even the modality can
+    be written. Never raises.
+    """
+    demographics = demographics if demographics is not None else Demographics()
+    base = {k: v for k, v in metadata.items() if k not in PROMPT_FIELDS}
+
+    def attempt(fields: Mapping[str, Any], who: Demographics, voxels) -> str | None:
+        try:
+            protocol = protocol_from_sidecar(fields, voxels, check=True)
+            return build_prompt(modality, protocol, who, voxels)
+        except (PromptError, TypeError, ValueError):
+            return None
+
+    settings = None
+    for who in (demographics, Demographics(sex=demographics.sex), Demographics()):
+        for voxels in (voxel_size, None):
+            if attempt(base, who, voxels) is not None:
+                settings = (who, voxels)
+                break
+        if settings:
+            break
+    if settings is None:
+        return None
+    kept = dict(base)
+    for name in PROMPT_FIELDS:
+        if name in metadata and attempt({**kept, name: metadata[name]}, *settings) is not None:
+            kept[name] = metadata[name]
+    return attempt(kept, *settings)
 
 
 def target_prompt(

@@ -175,8 +175,10 @@ def init_synthesis_wf(
 ) -> LiterateWorkflow:
     """Synthesize one image: ``inputnode.source_file`` + ``inputnode.prompt`` -> ``out_file``.
 
-    ``inputnode.voxel_size`` (mm, i, j, k) asks for that exact voxel size over the source's
-    field of view (unset: the source grid); ``inputnode.expected_grid`` (an
+    ``inputnode.source_name`` (optional) names the source in the check's messages (the plan
+    gives its dataset-relative path). ``inputnode.voxel_size`` (mm, i, j, k) asks for that
+    exact voxel size over the source's field of view (unset: the source grid);
+    ``inputnode.expected_grid`` (an
     :meth:`OutputGrid.record <tumsyn_bids.model.grid.OutputGrid.record>` as JSON, e.g. the
     plan's) makes the post-processing check the written grid against it. With
     ``output_dir``/``relpath``/``sidecar`` a sink stores the result as a BIDS derivative.
@@ -186,7 +188,9 @@ def init_synthesis_wf(
     wf = LiterateWorkflow(name=name)
     wf.__desc__ = synthesis_desc(inference, output_resolution, stored=output_dir is not None)
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["source_file", "prompt", "voxel_size", "expected_grid"]),
+        niu.IdentityInterface(
+            fields=["source_file", "source_name", "prompt", "voxel_size", "expected_grid"]
+        ),
         name="inputnode",
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_file"]), name="outputnode")
@@ -199,7 +203,7 @@ def init_synthesis_wf(
     )
     post = pe.Node(Postprocess(), name="postprocess")
     wf.connect([
-        (inputnode, check, [("source_file", "in_file")]),
+        (inputnode, check, [("source_file", "in_file"), ("source_name", "display_name")]),
         (inputnode, synth, [("prompt", "prompt"), ("voxel_size", "voxel_size")]),
         (check, synth, [("out_file", "in_file")]),
         (synth, post, [("out_file", "in_file")]),
@@ -221,6 +225,28 @@ def init_synthesis_wf(
     return wf
 
 
+def job_workflows(plan: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Output path -> (participant/session workflow name, job workflow name) of every planned
+    row: the names :func:`init_tumsyn_wf` gives, so a job's nodes can be found in the work dir
+    (``<work_dir>/tumsyn_wf/<session wf>/<job wf>/<node>``, :func:`job_dir`)."""
+    names: dict[str, tuple[str, str]] = {}
+    planned = plan[plan["status"] == "planned"]
+    for (subject, session), rows in planned.groupby(
+        [planned["subject"], planned["session"].fillna("")], sort=True
+    ):
+        sub_name = f"sub_{_safe(subject)}" + (f"_ses_{_safe(session)}" if session else "") + "_wf"
+        for i, row in enumerate(rows.itertuples(index=False)):
+            job_name = f"{_safe(row.source_suffix)}_to_{_safe(row.target_suffix)}_{i}_wf"
+            names[row.output] = (sub_name, job_name)
+    return names
+
+
+def job_dir(work_dir: str | Path, names: tuple[str, str]) -> Path:
+    """The work-dir folder of one job (``names`` from :func:`job_workflows`); its nodes'
+    folders are ``check_image``, ``synthesize``, ``postprocess`` and ``ds_synthesized``."""
+    return Path(work_dir) / "tumsyn_wf" / names[0] / names[1]
+
+
 def init_tumsyn_wf(
     plan: pd.DataFrame,
     bids_dir: str | Path,
@@ -236,37 +262,40 @@ def init_tumsyn_wf(
     files of a participant's nodes go to :func:`subject_log_dir`, where users look for them.
     ``request`` (what was asked for, with the requested output resolution) words the methods
     text (:func:`run_desc`, :func:`synthesis_desc`); the plan alone decides what runs.
+    Workflow names are :func:`job_workflows`'.
     """
     wf = LiterateWorkflow(name="tumsyn_wf", base_dir=str(work_dir))
     wf.__desc__ = run_desc(request)
     wf.__postdesc__ = "Synthesized images are predictions of a model, not acquired data."
     resolution = request.output_resolution if request is not None else None
     planned = plan[plan["status"] == "planned"]
-    for (subject, session), rows in planned.groupby(
-        [planned["subject"], planned["session"].fillna("")], sort=True
-    ):
-        sub_name = f"sub_{_safe(subject)}" + (f"_ses_{_safe(session)}" if session else "") + "_wf"
-        sub_wf = pe.Workflow(name=sub_name)
-        for i, row in enumerate(rows.itertuples(index=False)):
-            job = init_synthesis_wf(
-                inference,
-                name=f"{_safe(row.source_suffix)}_to_{_safe(row.target_suffix)}_{i}_wf",
-                output_dir=str(output_dir),
-                relpath=row.output,
-                sidecar=sidecars[row.output],
-                output_resolution=resolution,
-            )
-            job.inputs.inputnode.source_file = str(Path(bids_dir) / row.source)
-            job.inputs.inputnode.prompt = row.target_prompt
-            grid = row.output_grid
-            if not grid.is_identity:
-                job.inputs.inputnode.voxel_size = tuple(grid.voxel_size)
-            job.inputs.inputnode.expected_grid = json.dumps(grid.record())
-            sub_wf.add_nodes([job])
+    names = job_workflows(plan)
+    sub_wfs: dict[str, pe.Workflow] = {}
+    for row in planned.itertuples(index=False):
+        sub_name, job_name = names[row.output]
+        if sub_name not in sub_wfs:
+            sub_wfs[sub_name] = pe.Workflow(name=sub_name)
+        job = init_synthesis_wf(
+            inference,
+            name=job_name,
+            output_dir=str(output_dir),
+            relpath=row.output,
+            sidecar=sidecars[row.output],
+            output_resolution=resolution,
+        )
+        job.inputs.inputnode.source_file = str(Path(bids_dir) / row.source)
+        job.inputs.inputnode.source_name = row.source
+        job.inputs.inputnode.prompt = row.target_prompt
+        grid = row.output_grid
+        if not grid.is_identity:
+            job.inputs.inputnode.voxel_size = tuple(grid.voxel_size)
+        job.inputs.inputnode.expected_grid = json.dumps(grid.record())
+        sub_wfs[sub_name].add_nodes([job])
         # Per node: nipype reads crashdump_dir from each node's own config, and the config of a
         # nested workflow is not passed down to its nodes.
-        crash_dir = str(subject_log_dir(output_dir, subject))
-        for node in sub_wf._get_all_nodes():
+        crash_dir = str(subject_log_dir(output_dir, row.subject))
+        for node in job._get_all_nodes():
             node.config = {"execution": {"crashdump_dir": crash_dir, "crashfile_format": "txt"}}
-        wf.add_nodes([sub_wf])
+    for sub_name in sorted(sub_wfs):
+        wf.add_nodes([sub_wfs[sub_name]])
     return wf
