@@ -3,7 +3,7 @@
 # subjects with a T1w and a T2w each, 2 mm) and run the BIDS App on it with the bundled demo model
 # (participant level, CPU): it synthesizes each subject's missing FLAIR from its T1w and writes
 # validator-clean derivatives. The demo model is trained on simulated phantoms only: it shows the
-# pipeline working end to end; it is not for real data (see README, "The bundled demo model").
+# pipeline working end to end; it is not for real data (see docs/model-card.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -5,7 +5,7 @@
 #
 #   bash scripts/train-demo-model.sh [WORK_DIR]      # needs the package installed (.venv)
 #
-# Two profiles (PROFILE=...), measured times in the README's model card:
+# Two profiles (PROFILE=...), measured times in the model card (docs/model-card.md):
 #   gpu (default)  the shipped model: 24 subjects, stage-2 network with 32 features, 9,900 steps;
 #                  then a second stage-2 round from those weights on 48 subjects (the same 24
 #                  plus 24 new ones), 4,968 steps at half the learning rate. Stage 1 takes 6 min
@@ -13,7 +13,8 @@
 #                  H200, but each about half a day on a 2-core CPU (5 s a step).
 #   cpu            sized for a 2-core CPU (about 70 min in all there): 48 subjects, 32-dimensional
 #                  prompt embedding, 16 features, 16-voxel patches with 4,096 query points,
-#                  3,036 steps, no second round. Weaker than the shipped model (README).
+#                  3,036 steps, no second round. Weaker than the shipped model
+#                  (docs/experiments/2026-11-26-cpu-training-profile.md).
 #
 # Environment: SEED (default 0) offsets every seed; DEVICE (auto|cpu|cuda); WORKERS (data-loader
 # processes for stage 2, default 0); NPROC (>1 runs both stages under torchrun with that many
@@ -80,6 +81,7 @@ last_two() {
     printf "%0${width}d %0${width}d" $(($1 - 1)) "$1"
 }
 VAL=$(last_two "$SUBJECTS")
+MODEL_NAME=$(python -c 'from tumsyn_bids.model.bundled import DEMO_MODEL_NAME as n; print(n)')
 INTENDED_USE=$(python -c 'from tumsyn_bids.model.bundled import DEMO_INTENDED_USE as u; print(u)')
 mkdir -p "$WORK"
 
@@ -116,7 +118,7 @@ train synthesis "$WORK/train" "$WORK/stage2" --text-encoder "$WORK/stage1/text_e
 # Weights only, float16, with name and intended use recorded in the files.
 export_model() {  # OUT_DIR SYNTHESIS_CHECKPOINT
     tumsyn-train export "$1" --text-encoder "$WORK/stage1/text_encoder.pt" --synthesis "$2" \
-        --name tumsyn-bids-demo-phantom --intended-use "$INTENDED_USE"
+        --name "$MODEL_NAME" --intended-use "$INTENDED_USE"
 }
 
 # 4. Second round (gpu profile): the exported round-one weights trained on, with the float16
@@ -140,7 +142,7 @@ fi
 # 5. Ship.
 export_model "$DEST" "$FINAL"
 
-# 6. Score the exported weights on the held-out subjects (the README's model card quotes this).
+# 6. Score the exported weights on the held-out subjects (docs/model-card.md quotes this).
 mkdir -p "$WORK/eval"
 tumsyn-eval "$WORK/test" "$WORK/eval" --device "$DEVICE" ${EVAL_PATCH:+--patch-size "$EVAL_PATCH"} \
     --checkpoint "$DEST/synthesis.pth" --text-encoder "$DEST/text_encoder.pt" |

@@ -7,13 +7,22 @@ import math
 import numpy as np
 import pytest
 
-from tumsyn_bids.prompts import (
-    PROMPT_TEMPLATE,
+from tumsyn_bids.prompts.protocol import (
     Demographics,
-    PromptError,
     Protocol,
-    build_prompt,
     check_timing,
+    protocol_from_sidecar,
+    repetition_time_field,
+)
+from tumsyn_bids.prompts.template import (
+    PROMPT_TEMPLATE,
+    build_prompt,
+    parse_prompt,
+    target_prompt,
+    validate_prompt,
+)
+from tumsyn_bids.prompts.values import (
+    PromptError,
     format_age,
     format_field_strength,
     format_flip_angle,
@@ -22,12 +31,7 @@ from tumsyn_bids.prompts import (
     normalize_sex,
     normalize_vendor,
     parse_age,
-    parse_prompt,
-    protocol_from_sidecar,
-    repetition_time_field,
     seconds_to_ms,
-    target_prompt,
-    validate_prompt,
 )
 
 PARAMS = "Imaging parameter TR(ms), TE(ms), TI(ms), and FA(degree):  "

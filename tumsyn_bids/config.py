@@ -13,6 +13,8 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,16 +75,6 @@ class InferenceConfig:
         """Whether synthesis nodes take one of MultiProc's GPU slots."""
         return (self.device_type or self.device) == "cuda"
 
-    def settings_record(self) -> dict[str, Any]:
-        """The settings part (no weight paths), as recorded in config.json and the citation."""
-        record = dataclasses.asdict(self)
-        for key in ("checkpoint", "text_encoder"):
-            record.pop(key)
-        record["patch_size"] = list(self.patch_size)
-        record["device"] = self.device_type or self.device
-        record.pop("device_type")
-        return record
-
 
 @dataclass(frozen=True)
 class ExecutionConfig:
@@ -99,9 +91,22 @@ class ExecutionConfig:
     overwrite: bool = False
 
 
+def new_run_id() -> str:
+    """A run's identifier: its UTC start time (ms) and 8 random hex digits, e.g.
+    ``20250101T120000.123Z-1a2b3c4d``; names sort by start time, and two runs started at the
+    same moment (two tasks of a SLURM array) still differ. Names the run's log folder
+    (:mod:`tumsyn_bids.runlog`)."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return f"{stamp}-{secrets.token_hex(4)}"
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """One ``tumsyn`` run, resolved: paths, selection, request, inference and execution."""
+    """One ``tumsyn`` run, resolved: paths, selection, request, inference and execution.
+
+    ``run_id`` (:func:`new_run_id`) names the run's own log folder, ``logs/run-<run_id>/``.
+    """
 
     bids_dir: Path
     output_dir: Path
@@ -121,6 +126,7 @@ class RunConfig:
     #: ``--index-only``: build the shared index (and record the validation) and stop.
     index_only: bool = False
     version: str = ""
+    run_id: str = field(default_factory=new_run_id)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of the whole configuration (``logs/config.json``)."""

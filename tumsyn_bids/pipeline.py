@@ -1,7 +1,17 @@
 """Execute a plan table: provenance, the nipype run, and the record of what happened.
 
 The command line (:mod:`tumsyn_bids.cli.run`) parses, validates and decides exit codes; this
-module only runs what it is given and returns the plan with every job's final status.
+module only runs what it is given and returns the plan with every job's final status:
+
+* ``done``: the output and its sidecar exist (message: a repair the check made, if any);
+* ``error``: the ``CheckImage`` node refused the source's voxel data (a data problem: the
+  message is the check's one line, ``sub-XX/.../file.nii.gz: reason``);
+* ``failed``: a node crashed (message: the node, the exception's last line and the crash file
+  that holds the traceback).
+
+Nipype's own log goes to the run's ``logs/run-<run_id>/nipype.log``; on the terminal its error
+records (the tracebacks of failed nodes) are held back, since the command line lists every
+failed job in one line each (:func:`quiet_nipype_errors`).
 """
 
 from __future__ import annotations
@@ -9,6 +19,8 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +28,24 @@ import pandas as pd
 
 from . import __version__
 from .batch import graph_plugin_args, prepare_environment, wait_for_graph_jobs
-from .bids.derivatives import (
-    atomic_write_json,
-    atomic_write_text,
-    detect_container,
-    inference_record,
-    is_finished,
-    model_record,
-    software_versions,
-    subject_log_dir,
-    synthesis_sidecar,
-    write_citation,
-    write_dataset_description,
-)
+from .bids.dataset import detect_container, write_dataset_description
+from .bids.io import atomic_write_json, atomic_write_text, is_finished
+from .bids.names import subject_log_dir
+from .bids.sidecars import inference_record, model_record, software_versions, synthesis_sidecar
 from .config import RunConfig
-from .model.metadata import DEFAULT_TEXT_HEADS, file_sha256, recorded_metadata
+from .interfaces.images import DATA_ERROR_FILE
+from .locking import output_lock
+from .model.metadata import DEFAULT_TEXT_HEADS, checkpoint_metadata, file_sha256
 from .plan import write_plan_tsv
+from .runlog import run_log_dir
 from .workflows import init_tumsyn_wf
+from .workflows.base import job_dir, job_workflows
+from .workflows.citation import write_citation
 
 LOGGER = logging.getLogger("tumsyn_bids.pipeline")
 
 #: Columns of ``sub-XX/log/jobs.tsv``, the per-participant record of every job's last outcome
-#: (the reports read it; ``logs/prompts.tsv`` only holds the latest run's selection).
+#: (the reports read it; each run's ``logs/run-<run_id>/prompts.tsv`` holds that run's plan).
 JOB_COLUMNS = ("output", "source", "target_suffix", "status", "message", "seconds", "finished_at")
 
 
@@ -67,45 +75,54 @@ def job_runtimes(work_dir: Path) -> dict[str, dict[str, Any]]:
 def write_job_records(final: pd.DataFrame, output_dir: Path, work_dir: Path) -> list[Path]:
     """Merge this run's job outcomes into each participant's ``sub-XX/log/jobs.tsv``.
 
-    One file per participant, so participant-level runs launched in parallel for different
-    participants never write the same file. Rows of outputs this run did not touch (another
-    session, another target) are kept; outputs found finished at planning time keep their
-    earlier record.
+    One file per participant; the read-merge-write of each holds the output folder's lock
+    (:func:`tumsyn_bids.locking.output_lock`), so runs of different sessions of one participant
+    running at the same time both keep their rows. Rows of outputs this run did not touch
+    (another session, another target) are kept; outputs found finished at planning time keep
+    their earlier record.
     """
     times = job_runtimes(work_dir)
     written = []
     for subject, rows in final.groupby("subject", sort=True):
-        path = subject_log_dir(output_dir, subject) / "jobs.tsv"
-        old = pd.DataFrame(columns=list(JOB_COLUMNS))
-        if path.is_file():
-            old = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-        new = []
-        for row in rows.itertuples(index=False):
-            key = row.output if isinstance(row.output, str) and row.output else row.source
-            if row.status == "done" and key in set(old["output"]) and key not in times:
-                continue
-            record = {c: "" for c in JOB_COLUMNS}
-            record.update(
-                output=key,
-                source=row.source,
-                target_suffix=row.target_suffix or "",
-                status=row.status,
-                message=row.message or "",
-                **{k: str(v) for k, v in times.get(key, {}).items()},
-            )
-            new.append(record)
-        keep = old[~old["output"].isin([r["output"] for r in new])]
-        merged = pd.concat([keep, pd.DataFrame(new, columns=list(JOB_COLUMNS))])
-        merged = merged.sort_values("output")[list(JOB_COLUMNS)]
-        written.append(atomic_write_text(path, merged.to_csv(sep="\t", index=False)))
+        with output_lock(output_dir):
+            written.append(_merge_jobs(subject, rows, output_dir, times))
     return written
+
+
+def _merge_jobs(
+    subject: str, rows: pd.DataFrame, output_dir: Path, times: dict[str, dict[str, Any]]
+) -> Path:
+    """Merge ``rows`` into one participant's ``jobs.tsv`` (the caller holds the lock)."""
+    path = subject_log_dir(output_dir, subject) / "jobs.tsv"
+    old = pd.DataFrame(columns=list(JOB_COLUMNS))
+    if path.is_file():
+        old = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    new = []
+    for row in rows.itertuples(index=False):
+        key = row.output if isinstance(row.output, str) and row.output else row.source
+        if row.status == "done" and key in set(old["output"]) and key not in times:
+            continue
+        record = {c: "" for c in JOB_COLUMNS}
+        record.update(
+            output=key,
+            source=row.source,
+            target_suffix=row.target_suffix or "",
+            status=row.status,
+            message=row.message or "",
+            **{k: str(v) for k, v in times.get(key, {}).items()},
+        )
+        new.append(record)
+    keep = old[~old["output"].isin([r["output"] for r in new])]
+    merged = pd.concat([keep, pd.DataFrame(new, columns=list(JOB_COLUMNS))])
+    merged = merged.sort_values("output")[list(JOB_COLUMNS)]
+    return atomic_write_text(path, merged.to_csv(sep="\t", index=False))
 
 
 def build_sidecars(plan: pd.DataFrame, config: RunConfig) -> dict[str, dict[str, Any]]:
     """The JSON sidecar of every planned output (nothing in it depends on the run's timing)."""
     inference = config.inference
-    recorded = recorded_metadata(inference.checkpoint)
-    heads = inference.text_heads or recorded_metadata(inference.text_encoder).get(
+    recorded = checkpoint_metadata(inference.checkpoint)
+    heads = inference.text_heads or checkpoint_metadata(inference.text_encoder).get(
         "transformer_heads"
     )
     model_info = model_record(
@@ -147,36 +164,132 @@ def build_sidecars(plan: pd.DataFrame, config: RunConfig) -> dict[str, dict[str,
     return sidecars
 
 
-def citation_settings(config: RunConfig) -> dict[str, Any]:
-    """The settings the citation boilerplate states (``logs/CITATION.md``)."""
-    settings = dict(config.inference.settings_record())
-    settings["targets"] = list(config.request.targets)
-    settings["sources"] = list(config.request.sources)
-    resolution = config.request.output_resolution
-    settings["output_voxel_size"] = list(resolution) if resolution else None
-    return settings
+class _HoldNodeErrors(logging.Filter):
+    """Drops nipype's records about failed nodes (tracebacks, crash-file notices)."""
+
+    _WARNINGS = ("[Node] Error on", "Storing result file without outputs")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return False
+        return not (
+            record.levelno == logging.WARNING and str(record.msg).startswith(self._WARNINGS)
+        )
+
+
+@contextmanager
+def quiet_nipype_errors(log_file: Path) -> Iterator[None]:
+    """While running: everything nipype logs also goes to ``log_file``, and its terminal
+    handlers drop the records about failed nodes (:class:`_HoldNodeErrors`), whose tracebacks
+    stay in that file and in the crash files. Handlers are restored afterwards."""
+    nipype_logger = logging.getLogger("nipype")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(log_file, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    hold = _HoldNodeErrors()
+    terminal = list(nipype_logger.handlers)
+    for handler in terminal:
+        handler.addFilter(hold)
+    nipype_logger.addHandler(to_file)
+    try:
+        yield
+    finally:
+        nipype_logger.removeHandler(to_file)
+        to_file.close()
+        for handler in terminal:
+            handler.removeFilter(hold)
+
+
+#: The nodes of one job, in the order they run.
+JOB_NODES = ("check_image", "synthesize", "postprocess", "ds_synthesized")
+
+
+def _crash_line(output: str, folder: Path, crash_dir: Path, output_dir: Path, since: float) -> str:
+    """One line for a job that crashed: the node, the exception and its crash file."""
+    crashes = sorted(crash_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for node in JOB_NODES:
+        marker = f"Working directory: {folder / node}\n"
+        for crash in crashes:
+            if crash.stat().st_mtime < since - 1:
+                break
+            text = crash.read_text(encoding="utf-8", errors="replace")
+            if marker not in text:
+                continue
+            last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+            try:
+                where = crash.relative_to(output_dir).as_posix()
+            except ValueError:
+                where = str(crash)
+            return f"{output}: synthesis crashed in node {node} ({last}); traceback in {where}"
+    return (
+        f"{output}: not synthesized (the workflow stopped before this job finished; see "
+        f"{crash_dir} and the run's nipype.log)"
+    )
+
+
+def job_outcomes(plan: pd.DataFrame, config: RunConfig, since: float) -> pd.DataFrame:
+    """The plan with the outcome of every planned job after the workflow ran (module
+    docstring): ``done``, ``error`` (the check's one line, from ``data_error.txt`` in the
+    job's check node) or ``failed`` (see :func:`_crash_line`). ``since`` is when the workflow
+    started; files older than that belong to earlier runs and are not read."""
+    from nipype.utils.filemanip import loadpkl
+
+    output_dir, work_dir = config.output_dir, config.execution.work_dir
+    names = job_workflows(plan)
+    final = plan.copy()
+    for i, row in final[final["status"] == "planned"].iterrows():
+        folder = job_dir(work_dir, names[row["output"]])
+        if is_finished(output_dir, row["output"]):
+            final.at[i, "status"] = "done"
+            for result in (folder / "check_image").glob("result_*.pklz"):
+                try:
+                    warning = loadpkl(result).outputs.warning
+                except Exception:  # noqa: BLE001 - the message is a courtesy
+                    continue
+                final.at[i, "message"] = warning or ""
+            continue
+        refusal = folder / "check_image" / DATA_ERROR_FILE
+        if refusal.is_file() and refusal.stat().st_mtime >= since - 1:
+            final.at[i, "status"] = "error"
+            final.at[i, "message"] = refusal.read_text(encoding="utf-8").strip()
+            continue
+        final.at[i, "status"] = "failed"
+        crash_dir = subject_log_dir(output_dir, row["subject"])
+        final.at[i, "message"] = _crash_line(row["output"], folder, crash_dir, output_dir, since)
+    return final
 
 
 def execute_plan(plan: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
-    """Run every planned job of ``plan`` as ``config`` says; return the plan with
-    ``done``/``failed`` statuses filled in."""
+    """Run every planned job of ``plan`` as ``config`` says; return the plan with ``done``,
+    ``error`` and ``failed`` statuses filled in (:func:`job_outcomes`).
+
+    Writes the shared files under the output lock (``dataset_description.json``,
+    ``logs/CITATION.md``, then every participant's ``jobs.tsv``) and the run's own log folder
+    (:mod:`tumsyn_bids.runlog`: ``prompts.tsv`` as executed, ``runtime.json``, ``nipype.log``).
+    """
     from nipype import config as nipype_config
 
     output_dir, work_dir = config.output_dir, config.execution.work_dir
     execution = config.execution
+    run_dir = run_log_dir(output_dir, config.run_id)
     sidecars = build_sidecars(plan, config)
-    write_dataset_description(
-        output_dir, config.bids_dir, __version__, container=detect_container()
-    )
-    write_citation(output_dir, __version__, citation_settings(config))
+    with output_lock(output_dir):
+        write_dataset_description(
+            output_dir, config.bids_dir, __version__, container=detect_container()
+        )
 
     nipype_config.set(
         "execution", "stop_on_first_crash", str(execution.stop_on_first_crash).lower()
     )
     nipype_config.set("execution", "remove_unnecessary_outputs", "false")
     workflow = init_tumsyn_wf(
-        plan, config.bids_dir, output_dir, work_dir, config.inference, sidecars
+        plan, config.bids_dir, output_dir, work_dir, config.inference, sidecars, config.request
     )
+    if workflow.list_node_names():
+        # The methods text of the steps this run takes; a run with nothing left to do keeps
+        # the text of the run that made the outputs.
+        with output_lock(output_dir):
+            write_citation(output_dir, workflow)
     if execution.write_graph:
         try:
             workflow.write_graph(graph2use="colored", format="svg", simple_form=True)
@@ -186,22 +299,18 @@ def execute_plan(plan: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
     if workflow.list_node_names():
         prepare_environment(execution.plugin)  # LOGNAME for nipype's SLURM plugins
         plugin_args, tag = graph_plugin_args(execution.plugin, execution.plugin_args)
-        try:
-            workflow.run(plugin=execution.plugin, plugin_args=plugin_args)
-        except Exception as exc:  # nipype raises RuntimeError listing the crashed nodes
-            LOGGER.warning("nipype reported: %s", exc)
+        with quiet_nipype_errors(run_dir / "nipype.log"):
+            try:
+                workflow.run(plugin=execution.plugin, plugin_args=plugin_args)
+            except Exception as exc:  # nipype raises RuntimeError listing the crashed nodes
+                first = str(exc).strip().splitlines()[:1]
+                LOGGER.debug("nipype reported: %s", first[0] if first else type(exc).__name__)
         wait_for_graph_jobs(tag)  # SLURMGraph returns when its jobs are submitted
-    final = plan.copy()
-    for i, row in final[final["status"] == "planned"].iterrows():
-        if is_finished(output_dir, row["output"]):
-            final.at[i, "status"] = "done"
-        else:
-            final.at[i, "status"] = "failed"
-            final.at[i, "message"] = f"{row['output']}: synthesis failed (see crash files)"
-    write_plan_tsv(final, output_dir)
+    final = job_outcomes(plan, config, started)
+    write_plan_tsv(final, run_dir / "prompts.tsv")
     write_job_records(final, output_dir, work_dir)
     atomic_write_json(
-        output_dir / "logs" / "runtime.json",
+        run_dir / "runtime.json",
         {
             "seconds": round(time.time() - started, 2),
             "host": platform.node(),

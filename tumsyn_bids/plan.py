@@ -1,9 +1,9 @@
 """The plan table: one row per synthesis job, the spine of a tumsyn-bids run.
 
-``--dry-run`` prints it, the workflow executes it, ``logs/prompts.tsv`` records it and the
-reports read it. It is built from the BIDS index (:mod:`tumsyn_bids.bids.layout`) and the user's
-synthesis choices, with the prompt builder of :mod:`tumsyn_bids.prompts`; nothing here loads a
-model or imports torch.
+``--dry-run`` prints it, the workflow executes it, each run's ``logs/run-<run_id>/prompts.tsv``
+records it (:mod:`tumsyn_bids.runlog`) and the reports read its outcome. It is built from the
+BIDS index (:mod:`tumsyn_bids.bids.layout`) and the user's synthesis choices, with the prompt
+builder of :mod:`tumsyn_bids.prompts`; nothing here loads a model or imports torch.
 
 Rules:
 
@@ -42,13 +42,16 @@ from typing import Any
 
 import pandas as pd
 
-from .bids.derivatives import atomic_write_text, derivative_relpath, is_finished
-from .bids.layout import ScanIndex, ScanRecord
+from .bids.io import atomic_write_text, is_finished
 from .bids.modalities import modality_table, resolve_modality
+from .bids.names import derivative_relpath
+from .bids.records import ScanIndex, ScanRecord
 from .config import DEFAULT_SOURCES, SUPPORTED_TARGETS, SynthesisRequest
 from .model.grid import GridError, OutputGrid, output_grid
 from .model.tokenizer import count_tokens
-from .prompts import PromptError, Protocol, protocol_from_sidecar, target_prompt
+from .prompts.protocol import Protocol, protocol_from_sidecar
+from .prompts.template import target_prompt
+from .prompts.values import PromptError
 
 __all__ = [
     "DEFAULT_SOURCES",
@@ -112,7 +115,7 @@ def check_request(request: SynthesisRequest) -> None:
     """Refuse unknown target/source names and implausible target protocols before indexing.
 
     The ``--target-spec`` and ``--target-like`` protocols pass the same checks as a source
-    sidecar (:func:`tumsyn_bids.prompts.check_timing`); raises :class:`PlanError`.
+    sidecar (:func:`tumsyn_bids.prompts.protocol.check_timing`); raises :class:`PlanError`.
     """
     known = set(SUPPORTED_TARGETS) | set(request.target_specs or {})
     if request.target_like:
@@ -319,8 +322,9 @@ def job_grid(
     )
 
 
-def write_plan_tsv(plan: pd.DataFrame, output_dir: str | Path) -> Path:
-    """Record the plan (as planned, or as executed) in ``logs/prompts.tsv``."""
+def write_plan_tsv(plan: pd.DataFrame, path: str | Path) -> Path:
+    """Record the plan (as planned, or as executed) in the TSV file ``path``: a run's
+    ``logs/run-<run_id>/prompts.tsv`` (:mod:`tumsyn_bids.runlog`)."""
     frame = plan.copy()
     frame["target_protocol"] = [
         json.dumps(p, sort_keys=True) if isinstance(p, dict) else p
@@ -329,6 +333,4 @@ def write_plan_tsv(plan: pd.DataFrame, output_dir: str | Path) -> Path:
     frame["output_grid"] = [
         json.dumps(g.record()) if isinstance(g, OutputGrid) else g for g in frame["output_grid"]
     ]
-    path = Path(output_dir) / "logs" / "prompts.tsv"
-    path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, frame.to_csv(sep="\t", index=False, na_rep="n/a"))

@@ -71,3 +71,19 @@ def _write_volume_fixture() -> Callable[..., Path]:
 def _fill_placeholders_fixture() -> Callable[..., list[Path]]:
     """:func:`fill_placeholders` as a fixture."""
     return fill_placeholders
+
+
+def _derivative_image(shape: Sequence[int] = (5, 6, 7)) -> nib.Nifti1Image:
+    data = np.linspace(0, 1, int(np.prod(shape)), dtype=np.float32).reshape(tuple(shape))
+    affine = np.diag([0.8, 0.8, 1.2, 1.0])
+    affine[:3, 3] = [-10.0, 20.0, 5.5]
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+@pytest.fixture
+def make_image() -> Callable[..., nib.Nifti1Image]:
+    """A factory of small float32 images (0.8 x 0.8 x 1.2 mm, shifted origin, mm units); every
+    call with the same shape makes a new image with the same bytes."""
+    return _derivative_image

@@ -7,22 +7,17 @@ not produced by running the code.
 from __future__ import annotations
 
 import json
-import math
-from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from tumsyn_bids.bids import (
-    FRAME_COLUMNS,
     BIDSIndexError,
     ModalityTableError,
     index_anatomical,
     load_layout,
-    parse_filename,
     read_bids_filter_file,
 )
-from tumsyn_bids.prompts import Demographics
+from tumsyn_bids.prompts.protocol import Demographics
 
 P = "Imaging parameter TR(ms), TE(ms), TI(ms), and FA(degree):  "
 NO_VOXELS = "Voxel size: (None, None, None); "
@@ -48,7 +43,7 @@ def test_ds000117_placeholders_give_clear_errors_and_prompts(examples):
     )
     assert not first.ok
     assert index.errors == [first.error, second.error]
-    assert index.usable == []
+    assert [r for r in index if r.ok] == []
     assert first.voxel_size is None and first.shape is None
     # The prompt is still written (with unknown voxel size) so that --dry-run can show it.
     assert first.prompt == (
@@ -74,7 +69,6 @@ def test_ds000117_sidecar_inheritance_from_root(examples):
         "T1w",
     )
     assert record.entities == {"acq": "mprage"}
-    assert record.entity_string == "acq-mprage"
     # from the dataset-level acq-mprage_T1w.json ...
     assert record.metadata["RepetitionTime"] == 2.25
     assert record.metadata["EchoTime"] == 0.00298
@@ -101,7 +95,7 @@ def test_ds000117_with_readable_headers(copy_dataset, fill_placeholders):
     fill_placeholders(root, zooms=(1.0, 1.0, 1.0))
     index = index_anatomical(root)
     assert index.errors == []
-    assert len(index.usable) == 2
+    assert len([r for r in index if r.ok]) == 2
     record = index[0]
     assert record.voxel_size == (1.0, 1.0, 1.0)
     assert record.shape == (4, 5, 6)
@@ -242,8 +236,7 @@ def test_uncompressed_nii_and_extra_entities(copy_dataset, write_volume, fill_pl
 
     rec = records["sub-01/ses-mri/anat/sub-01_ses-mri_acq-mprage_rec-norm_T1w.nii"]
     assert rec.extension == ".nii"
-    assert rec.entities == {"acq": "mprage", "rec": "norm"}
-    assert rec.entity_string == "acq-mprage_rec-norm"
+    assert list(rec.entities.items()) == [("acq", "mprage"), ("rec", "norm")]  # file-name order
     assert rec.voxel_size == pytest.approx((0.8, 0.8, 0.8))
     # acq-mprage_T1w.json at the root applies to acq-mprage_rec-norm_T1w too
     assert rec.prompt == (
@@ -269,7 +262,8 @@ def test_unreadable_sidecar_value_is_a_record_error(copy_dataset, fill_placehold
     sidecar.write_text(json.dumps({"RepetitionTime": 2300, "EchoTime": 0.002}))
     records = list(index_anatomical(root))
     t1w, t2w = records
-    assert t1w.prompt is None
+    # the record still shows what can be written; the refused TR is None, never 2300000 ms
+    assert t1w.prompt.endswith("(None, 2.0, None, None)")
     assert t1w.error == (
         "sub-100307/anat/sub-100307_T1w.nii.gz: unusable sidecar value: RepetitionTime 2300 s "
         "is longer than any plausible RepetitionTime (20 s); BIDS wants seconds: "
@@ -387,59 +381,45 @@ def test_modality_overrides(examples):
         index_anatomical(root, modalities={"FLAIR": "T2; FLAIR"})
 
 
-# ------------------------------------------------------------------------------ frame
+# ------------------------------------------------------------------------------ records
 
 
-def test_frame_schema(examples):
-    frame = index_anatomical(examples / "ds000117").to_frame()
-    assert tuple(frame.columns) == FRAME_COLUMNS
-    assert len(frame) == 2
-    row = frame.iloc[0]
-    assert (row["subject"], row["session"], row["modality"], row["suffix"]) == (
+def test_record_fields(examples):
+    index = index_anatomical(examples / "ds000117")
+    assert len(index) == 2
+    record = index[0]
+    assert (record.subject, record.session, record.modality, record.suffix) == (
         "01",
         "mri",
         "T1w",
         "T1w",
     )
-    assert (row["entities"], row["acq"], row["ce"], row["run"]) == (
-        "acq-mprage",
-        "mprage",
-        None,
-        None,
-    )
-    assert row["extension"] == ".nii.gz"
-    assert Path(row["path"]).is_absolute()
-    assert row["repetition_time_s"] == 2.25
-    assert row["echo_time_s"] == 0.00298
-    assert row["flip_angle"] == 9.0
-    assert (row["manufacturer"], row["vendor"], row["sex"], row["age"]) == (
-        "Siemens",
-        "Siemens",
-        "M",
-        31.0,
-    )
-    assert row["voxel_size"] is None
-    assert row["error"].endswith("not a readable NIfTI image")
-    for column in ("repetition_time_s", "echo_time_s", "inversion_time_s", "field_strength_t"):
-        assert frame[column].dtype == "float64"
+    assert record.entities == {"acq": "mprage"}
+    assert record.extension == ".nii.gz"
+    assert record.path.is_absolute()
+    protocol = record.protocol
+    assert protocol.repetition_time == 2.25
+    assert protocol.echo_time == 0.00298
+    assert protocol.flip_angle == 9.0
+    assert (protocol.manufacturer, protocol.vendor) == ("Siemens", "Siemens")
+    assert (record.demographics.sex, record.demographics.age) == ("M", 31.0)
+    assert record.voxel_size is None
+    assert record.error.endswith("not a readable NIfTI image")
 
 
-def test_frame_missing_values(examples):
-    frame = index_anatomical(examples / "hcp_example_bids", read_headers=False).to_frame()
-    row = frame.iloc[0]
-    assert math.isnan(row["repetition_time_s"]) and math.isnan(row["age"])
-    assert row["session"] is None and row["sex"] is None and row["flip_angle"] is None
-    assert row["error"] is None
-    assert frame["age"].dtype == "float64"
+def test_record_missing_values(examples):
+    record = index_anatomical(examples / "hcp_example_bids", read_headers=False)[0]
+    assert record.protocol.repetition_time is None and record.demographics.age is None
+    assert record.session is None and record.demographics.sex is None
+    assert record.protocol.flip_angle is None
+    assert record.error is None
 
 
-def test_empty_frame_keeps_schema(examples):
+def test_empty_index(examples):
     index = index_anatomical(
         examples / "hcp_example_bids", modalities={"T1w": None, "T2w": None}, read_headers=False
     )
-    frame = index.to_frame()
-    assert len(index) == 0
-    assert isinstance(frame, pd.DataFrame) and tuple(frame.columns) == FRAME_COLUMNS
+    assert len(index) == 0 and list(index) == [] and index.errors == []
 
 
 # ------------------------------------------------------------------------------ layout
@@ -465,12 +445,3 @@ def test_database_dir_is_used_and_reused(copy_dataset, tmp_path):
 def test_accepts_an_existing_layout(examples):
     layout = load_layout(examples / "hcp_example_bids")
     assert len(index_anatomical(layout, read_headers=False)) == 2
-
-
-def test_parse_filename():
-    assert parse_filename("sub-01_ses-mri_acq-mprage_rec-norm_T1w.nii.gz") == (
-        {"sub": "01", "ses": "mri", "acq": "mprage", "rec": "norm"},
-        "T1w",
-        ".nii.gz",
-    )
-    assert parse_filename("/a/b/sub-1_FLAIR.nii") == ({"sub": "1"}, "FLAIR", ".nii")

@@ -12,7 +12,7 @@ from tumsyn_bids.bids.metadata import (
     find_age_column,
     find_sex_column,
 )
-from tumsyn_bids.prompts import Demographics
+from tumsyn_bids.prompts.protocol import Demographics
 
 
 def test_ds000117_rows_and_na(examples):

@@ -47,7 +47,8 @@ def test_echo_time_in_ms_refuses_the_image_with_one_line(bids):
         f"{T1}: unusable sidecar value: EchoTime 2.98 s is longer than RepetitionTime 2.3 s; "
         "BIDS wants seconds: was 2.98 ms meant (0.00298)?"
     )
-    assert record.prompt is None  # no "TE 2980.0" anywhere
+    # the refused image's record shows what can be written (item 9): TE as None, never 2980.0
+    assert record.prompt.endswith(P + "(2300.0, None, None, None)")
     plan = build_plan(index_anatomical(bids), SynthesisRequest(targets=("T2w",)))
     rows = plan[plan["subject"] == "01"]
     assert list(rows["status"]) == ["error"]

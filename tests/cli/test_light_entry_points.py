@@ -69,4 +69,4 @@ def test_dry_run_without_torch(tmp_path, no_torch):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     assert "Voxel size: (0.7, 0.7, 0.7)" in res.stdout
-    assert (tmp_path / "out" / "logs" / "prompts.tsv").is_file()
+    assert list((tmp_path / "out" / "logs").glob("run-*/prompts.tsv"))

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import SMALL
 from tests.datasets import make_dataset, tree_digest
 from tumsyn_bids.cli.run import main
+from tumsyn_bids.runlog import list_runs, read_run_configs, read_run_plans
 
 
 def model_args() -> list[str]:
@@ -49,6 +50,7 @@ def app_run(tmp_path_factory):
     return base, bids, before, res
 
 
+@pytest.mark.slow
 def test_participant_run_writes_derivatives(app_run):
     base, bids, before, res = app_run
     assert res.returncode == 0, res.stderr[-3000:]
@@ -69,12 +71,19 @@ def test_participant_run_writes_derivatives(app_run):
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Name"] == "tumsyn-bids"
-    for log in ("prompts.tsv", "config.json", "CITATION.md"):
-        assert (out / "logs" / log).is_file()
+    assert (out / "logs" / "CITATION.md").is_file()
+    (run_dir,) = list_runs(out)  # the run's own record (docs/reliability.md)
+    for log in ("prompts.tsv", "config.json", "runtime.json", "nipype.log"):
+        assert (run_dir / log).is_file(), log
+    citation = (out / "logs" / "CITATION.md").read_text()
+    assert "T2w and FLAIR images were synthesized with tumsyn-bids" in citation
+    assert "overlapping patches of 20 x 20 x 20 voxels (overlap ratio 0.5)" in citation
+    assert "Each output is on the voxel grid of its source image." in citation
     # the input dataset is never written to
     assert tree_digest(bids) == before
 
 
+@pytest.mark.slow
 def test_workflow_output_equals_a_direct_engine_call(app_run):
     """The workflow's output equals a direct call of the engine on the same image and prompt
     (whose agreement with the authors' loop tests/model checks)."""
@@ -96,12 +105,13 @@ def test_workflow_output_equals_a_direct_engine_call(app_run):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_rerun_is_byte_identical_and_skips_finished(app_run):
     base, bids, _, res = app_run
     assert res.returncode == 0
     again = run_app(bids, base / "out2", base / "work2", "--target", "T2w", "FLAIR", "--nprocs", 1)
     assert again.returncode == 0, again.stderr[-3000:]
-    for rel in OUTPUTS:
+    for rel in [*OUTPUTS, "logs/CITATION.md", "dataset_description.json"]:
         assert (base / "out" / rel).read_bytes() == (base / "out2" / rel).read_bytes(), rel
         side = rel.replace(".nii.gz", ".json")
         assert (base / "out" / side).read_bytes() == (base / "out2" / side).read_bytes(), side
@@ -134,7 +144,7 @@ def test_dry_run_prompts_are_the_hand_written_ones(tmp_path, capsys):
     ]
     for prompt in expected:
         assert prompt in text, prompt
-    tsv = (tmp_path / "out" / "logs" / "prompts.tsv").read_text()
+    tsv = (list_runs(tmp_path / "out")[0] / "prompts.tsv").read_text()
     assert all(p in tsv for p in expected)
 
 
@@ -200,6 +210,7 @@ def _exit_code(argv: list[str]) -> int:
         return exc.code
 
 
+@pytest.mark.slow
 def test_bad_image_fails_alone(tmp_path):
     """A broken image gives a clear error and exit code 65; the other participant finishes."""
     bids = make_dataset(tmp_path / "bids")
@@ -210,6 +221,7 @@ def test_bad_image_fails_alone(tmp_path):
     assert (tmp_path / "out" / OUTPUTS[1]).is_file()
 
 
+@pytest.mark.slow
 def test_example_dataset_validated_in_and_out(tmp_path):
     """The bundled example dataset through the real validator, the app, and the validator again."""
     from tumsyn_bids.bids.validation import validate_bids
@@ -236,22 +248,33 @@ def test_invalid_dataset_exit_code_16(tmp_path, capsys):
     assert "sub-01_T1.nii.gz" in err and "--skip-bids-validation" in err
 
 
+@pytest.mark.slow
 def test_crashing_job_leaves_crash_file_and_others_finish(tmp_path):
-    """An image that indexes fine but fails in the workflow: crash file under sub-XX/log."""
+    """A job that crashes in the workflow (its output folder cannot be created: a file stands
+    where sub-02's anat folder goes) is a crash, not a data problem: exit 1, one line naming
+    the node and the crash file that holds the traceback, no traceback on the terminal, and the
+    other participant finishes."""
     bids = make_dataset(tmp_path / "bids")
-    bad = bids / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz"
-    img = nib.load(bad)
-    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), bad)
+    blocked = tmp_path / "out" / "sub-02" / "ses-1" / "anat"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a folder")
     res = run_app(bids, tmp_path / "out", tmp_path / "w", "--target", "T2w", "--nprocs", 2)
     assert res.returncode == 1, res.stderr[-2000:]
-    assert "failed for sub-02" in res.stderr
-    crashes = list((tmp_path / "out" / "sub-02" / "log").glob("crash-*.txt"))
-    assert crashes and "every voxel is zero" in crashes[0].read_text()
+    assert "Traceback" not in res.stderr + res.stdout
+    last = res.stderr.strip().splitlines()[-1].strip()
+    assert last.startswith(f"{OUTPUTS[3]}: synthesis crashed in node ds_synthesized (")
+    crash = last.rsplit("traceback in ", 1)[1]
+    assert (
+        crash.startswith("sub-02/log/crash-")
+        and "Traceback" in (tmp_path / "out" / crash).read_text()
+    )
     assert (tmp_path / "out" / OUTPUTS[1]).is_file()
-    tsv = (tmp_path / "out" / "logs" / "prompts.tsv").read_text()
-    assert "failed" in tsv and "done" in tsv
+    plan = read_run_plans(tmp_path / "out")
+    assert set(plan["status"]) == {"failed", "done"}
+    assert last in set(plan["message"])
 
 
+@pytest.mark.slow
 def test_plugin_yaml_and_graph(tmp_path):
     """``--use-plugin`` picks nipype's plugin; ``--write-graph`` works with or without graphviz."""
     bids = make_dataset(tmp_path / "bids")
@@ -260,7 +283,7 @@ def test_plugin_yaml_and_graph(tmp_path):
     res = run_app(bids, tmp_path / "out", tmp_path / "w", "--target", "T2w",
                   "--participant-label", "01", "--use-plugin", plugin, "--write-graph")  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
-    config = json.loads((tmp_path / "out" / "logs" / "config.json").read_text())
+    (config,) = read_run_configs(tmp_path / "out").values()
     assert config["execution"]["plugin"] == "Linear"
     assert config["inference"]["patch_size"] == [20, 20, 20]
     assert (tmp_path / "w" / "tumsyn_wf" / "graph.dot").is_file()
@@ -271,6 +294,7 @@ def test_plugin_yaml_and_graph(tmp_path):
     assert bad.returncode == 64 and "not a mapping" in bad.stderr
 
 
+@pytest.mark.slow
 def test_output_resolution_grid(tmp_path):
     """``--output-resolution``: the requested voxel size over the source's field of view."""
     from tumsyn_bids.model.grid import output_grid
@@ -296,7 +320,7 @@ def test_too_long_prompt_is_reported_for_that_image(tmp_path, capsys):
     side.write_text(json.dumps({**json.loads(side.read_text()), "Manufacturer": "A " * 40}))
     code = main([str(bids), str(tmp_path / "out"), "participant", "--skip-bids-validation",
                  "--dry-run", "--target", "T2w", "-w", str(tmp_path / "w")])  # fmt: skip
-    assert code == 0
+    assert code == 65  # a dry run exits as the real run would
     text = capsys.readouterr().out
     assert "ERROR sub-01/anat/sub-01_T1w.nii.gz" in text and "tokens" in text
     assert "sub-02_ses-1_desc-tumsynFromT1w_T2w.nii.gz" in text

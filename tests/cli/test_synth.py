@@ -29,6 +29,7 @@ def _model_args():
     ]
 
 
+@pytest.mark.slow
 def test_same_resolution_matches_reference(tmp_path):
     out = tmp_path / "t2.nii.gz"
     res = _run(
@@ -58,6 +59,7 @@ def test_same_resolution_matches_reference(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_voxel_size_gives_scaled_grid(tmp_path):
     out = tmp_path / "sr.nii"
     # input voxels are 1 x 1.2 x 1.5 mm: asking for 0.5 x 0.6 x 0.75 is a 2x scale on every axis
@@ -90,10 +92,10 @@ def test_voxel_size_gives_scaled_grid(tmp_path):
     [
         ("missing-input", 66, "no such file"),
         ("4d", 65, "3-D"),
-        ("long-prompt", 65, "tokens"),
+        pytest.param("long-prompt", 65, "tokens", marks=pytest.mark.slow),
         ("half-weights", 64, "or neither"),
         ("swapped-weights", 65, "text-encoder checkpoint"),
-        ("bad-output", 73, "does not exist"),
+        pytest.param("bad-output", 73, "does not exist", marks=pytest.mark.slow),
     ],
 )
 def test_errors_are_one_line_with_exit_code(tmp_path, case, code, message):
@@ -131,6 +133,7 @@ def test_errors_are_one_line_with_exit_code(tmp_path, case, code, message):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_without_weights_the_bundled_demo_model_runs_and_says_so(tmp_path):
     import os
 

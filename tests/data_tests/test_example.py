@@ -127,6 +127,7 @@ def _tissue_means(modality: str) -> dict[str, float]:
     return {"wm": at(0, 1), "csf": at(16.0, 16.8), "skull": at(17.6, 18.2), "bg": at(23, 25)}
 
 
+@pytest.mark.slow
 def test_contrast_follows_the_modality() -> None:
     t1 = _tissue_means("T1w")
     t2 = _tissue_means("T2w")

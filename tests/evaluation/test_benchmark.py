@@ -89,6 +89,7 @@ def coarse(tmp_path_factory):
     return _t1w_t2w_phantom(tmp_path_factory, "coarse", voxel_size=4.0, seed=98)
 
 
+@pytest.mark.slow
 def test_eval_command_writes_scores_and_the_patch_and_batch_size_it_used(coarse, tmp_path):
     import json
 
@@ -104,6 +105,7 @@ def test_eval_command_writes_scores_and_the_patch_and_batch_size_it_used(coarse,
     assert (out / "scores.tsv").is_file() and (out / "summary.tsv").is_file()
 
 
+@pytest.mark.slow
 def test_eval_command_names_an_image_it_cannot_score(coarse, tmp_path, caplog):
     from tests.conftest import SMALL
 

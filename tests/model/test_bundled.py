@@ -10,7 +10,7 @@ from tumsyn_bids.model.bundled import (
     DEMO_MODEL_NAME,
     demo_weights,
 )
-from tumsyn_bids.model.checkpoints import checkpoint_metadata
+from tumsyn_bids.model.metadata import checkpoint_metadata
 
 
 def test_demo_weights_ship_small_and_load():

@@ -58,6 +58,7 @@ def official() -> tuple[ContrastiveModel, dict]:
     return model, stage1
 
 
+@pytest.mark.slow
 def test_official_state_dict_layout():
     model, stage1 = official()
     expected = {e["key"]: (e["shape"], e["dtype"]) for e in stage1["state_dict"]}

@@ -42,6 +42,7 @@ def test_reference_patch_plan(small_settings, volume, case):
     assert [list(j.out_start) for j in jobs] == run["target_starts"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_reference_mode_matches_authors_loop(
     small, small_settings, small_prompts, small_synthesizer, volume, case
@@ -55,7 +56,7 @@ def test_reference_mode_matches_authors_loop(
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["same_res", "sr2"])
+@pytest.mark.parametrize("case", ["same_res", pytest.param("sr2", marks=pytest.mark.slow)])
 def test_default_mode_equals_reference_for_cubic_integer_scale(
     small, small_settings, small_prompts, small_synthesizer, volume, case
 ):
@@ -96,6 +97,7 @@ def test_reference_mode_is_not_consistent_for_non_integer_scale(small_settings, 
     assert max(errors) > 0.1
 
 
+@pytest.mark.slow
 def test_batching_and_chunking_do_not_change_results(small_prompts, small_synthesizer, volume):
     prompt = small_prompts["cleaned_target2"]
     base = PatchSettings((16, 16, 16), (32, 32, 32), overlap=0.5)
@@ -115,6 +117,7 @@ def test_small_volume_is_padded_and_cropped(small_prompts, small_synthesizer, vo
     assert np.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_prompt_changes_output_and_embedding_is_cached(small_prompts, small_synthesizer, volume):
     s = PatchSettings((20, 20, 20), (20, 20, 20))
     a = small_synthesizer.synthesize(volume, small_prompts["cleaned_target1"], s)
@@ -174,6 +177,7 @@ def test_full_size_fixture_same_res_and_first_patch():
     np.testing.assert_allclose(out, np.load(FULL / "expected_same_res.npy"), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_memory_layout_does_not_change_results(small_prompts, small_synthesizer, volume):
     """Channels-last is a speed choice only (default on CPU; off on CUDA, where it is slower)."""
     assert small_synthesizer.memory_format == torch.channels_last_3d

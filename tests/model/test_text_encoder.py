@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from tests.conftest import FULL, fixture_heads
-from tumsyn_bids.model import CheckpointError, load_text_encoder, save_text_encoder, tokenize
+from tests.weights import save_text_encoder
+from tumsyn_bids.model import CheckpointError, load_text_encoder, tokenize
 
 
 def _embeddings(folder, prompts, heads):

@@ -34,6 +34,7 @@ def test_robust_window_ignores_hot_voxels():
     assert high < 100 and low >= 50
 
 
+@pytest.mark.slow
 def test_compare_figure_on_different_grids(tmp_path):
     """A source and an output on a finer grid: one PNG with visible content."""
     from matplotlib.image import imread

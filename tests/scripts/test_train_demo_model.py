@@ -13,8 +13,7 @@ import pytest
 
 from tumsyn_bids.model import load_synthesis, load_text_encoder
 from tumsyn_bids.model.bundled import DEMO_MODEL_NAME, demo_weights
-from tumsyn_bids.model.checkpoints import checkpoint_metadata
-from tumsyn_bids.model.metadata import file_sha256
+from tumsyn_bids.model.metadata import checkpoint_metadata, file_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "scripts" / "train-demo-model.sh"
@@ -38,6 +37,7 @@ def _run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cpu_profile_trains_exports_and_scores_a_model(tmp_path):
     shipped = [file_sha256(p) for p in demo_weights()]
     result = _run(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tumsyn_bids.prompts import protocol_from_sidecar
+from tumsyn_bids.prompts.protocol import protocol_from_sidecar
 from tumsyn_bids.simulate.protocols import (
     csf_null_inversion_time,
     default_protocols,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tumsyn_bids.prompts import Protocol
+from tumsyn_bids.prompts.protocol import Protocol
 from tumsyn_bids.simulate.protocols import csf_null_inversion_time
 from tumsyn_bids.simulate.signal import (
     SIGNAL_SCALE,

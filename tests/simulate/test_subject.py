@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tumsyn_bids.prompts import Protocol
+from tumsyn_bids.prompts.protocol import Protocol
 from tumsyn_bids.simulate.anatomy import grid_for, grid_points
 from tumsyn_bids.simulate.subject import (
     AGE_RANGE,
@@ -15,6 +15,8 @@ from tumsyn_bids.simulate.subject import (
     MAX_DISPLACEMENT_MM,
     draw_subject,
 )
+
+from .scans import acquire, ground_truth
 
 VOXEL = 3.0
 T1W = Protocol(repetition_time=2.3, echo_time=0.003, inversion_time=0.9, flip_angle=9.0)
@@ -28,8 +30,8 @@ def test_same_seed_same_subject_bit_for_bit() -> None:
     scan_a = a.encoded_scan(T1W, "T1w", VOXEL, snr=20).to_bytes()
     assert scan_a == b.encoded_scan(T1W, "T1w", VOXEL, snr=20).to_bytes()
     assert np.array_equal(
-        a.acquire(T1W, "T1w", VOXEL, snr=20).get_fdata(),
-        b.acquire(T1W, "T1w", VOXEL, snr=20).get_fdata(),
+        acquire(a, T1W, "T1w", VOXEL, snr=20).get_fdata(),
+        acquire(b, T1W, "T1w", VOXEL, snr=20).get_fdata(),
     )
 
 
@@ -88,28 +90,28 @@ def test_grid_evaluation_matches_pointwise() -> None:
 
 def test_scan_noise_matches_the_snr_and_grid_matches_the_truth() -> None:
     subject = draw_subject("04", 2)
-    truth = subject.ground_truth(T1W, "T1w", VOXEL)
-    scan = subject.acquire(T1W, "T1w", VOXEL, snr=25)
-    np.testing.assert_array_equal(scan.affine, truth.affine)
+    truth = ground_truth(subject, T1W, "T1w", VOXEL)
+    scan = acquire(subject, T1W, "T1w", VOXEL, snr=25)
+    np.testing.assert_array_equal(scan.affine, subject.tissue_maps(VOXEL).affine)
     assert scan.get_data_dtype() == np.int16
     data = scan.get_fdata()
     maps = subject.tissue_maps(VOXEL)
     mask = maps.brain_mask()
-    sigma = truth.get_fdata()[mask].mean() / 25
+    sigma = truth[mask].mean() / 25
     # Background (no tissue at all): Rayleigh noise with mean sigma * sqrt(pi / 2).
     empty = (maps.gm + maps.wm + maps.csf) == 0
     assert data[empty].mean() == pytest.approx(sigma * math.sqrt(math.pi / 2), rel=0.1)
-    assert np.corrcoef(data[mask], truth.get_fdata()[mask])[0, 1] > 0.9
+    assert np.corrcoef(data[mask], truth[mask])[0, 1] > 0.9
 
 
 def test_field_strength_of_the_protocol_wins() -> None:
     subject = draw_subject("05", 0, field_strength=1.5)
     at3 = Protocol(2.3, 0.003, 0.9, 9.0, magnetic_field_strength=3.0)
-    a = subject.ground_truth(at3, "T1w", VOXEL).get_fdata()
-    b = subject.ground_truth(T1W, "T1w", VOXEL).get_fdata()
+    a = acquire(subject, at3, "T1w", VOXEL, snr=20).get_fdata()
+    b = acquire(subject, T1W, "T1w", VOXEL, snr=20).get_fdata()
     assert not np.array_equal(a, b)
 
 
 def test_snr_must_be_positive() -> None:
     with pytest.raises(ValueError, match="snr"):
-        draw_subject("01", 0).acquire(T1W, "T1w", VOXEL, snr=0)
+        draw_subject("01", 0).encoded_scan(T1W, "T1w", VOXEL, snr=0)

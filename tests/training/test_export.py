@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.weights import save_text_encoder
 from tumsyn_bids.cli.train import main as train_main
 from tumsyn_bids.model import (
     PatchSettings,
@@ -16,10 +17,9 @@ from tumsyn_bids.model import (
     TextEncoderConfig,
     load_synthesis,
     load_text_encoder,
-    save_text_encoder,
     synthesis_checkpoint,
 )
-from tumsyn_bids.model.checkpoints import checkpoint_metadata
+from tumsyn_bids.model.metadata import checkpoint_metadata
 
 
 @pytest.fixture()
@@ -38,6 +38,7 @@ def trained(tmp_path):
     return te, syn
 
 
+@pytest.mark.slow
 def test_export_writes_half_weights_that_predict_like_the_originals(tmp_path, trained):
     te, syn = trained
     out = tmp_path / "model"

@@ -41,6 +41,7 @@ def trained(tmp_path_factory):
     return bids, text_encoder, root / "s2" / "epoch-last.pth", root
 
 
+@pytest.mark.slow
 def test_trained_checkpoints_run_in_the_bids_app(trained):
     bids, text_encoder, synthesis, root = trained
     out = root / "derivatives"

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tumsyn_bids.bids.derivatives import atomic_save_nifti, atomic_write_text
+from tests.weights import save_text_encoder
+from tumsyn_bids.bids.io import atomic_save_nifti, atomic_write_text
 from tumsyn_bids.cli import errors
 from tumsyn_bids.cli.train import main
 from tumsyn_bids.data.example import make_phantom, write_example_dataset
@@ -25,10 +26,10 @@ from tumsyn_bids.model import (
     file_sha256,
     load_synthesis,
     load_text_encoder,
-    save_text_encoder,
 )
-from tumsyn_bids.training.metrics import read_metrics
-from tumsyn_bids.training.synthesis import EpochSampler, PatchDataset, Sampling
+from tumsyn_bids.training.synthesis.sampling import EpochSampler, PatchDataset, Sampling
+
+from .logs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -351,7 +352,7 @@ def test_sampler_shards_and_skips():
 def test_patches_are_a_function_of_seed_epoch_and_slot():
     rng = np.random.default_rng(0)
     vol = rng.uniform(0.1, 1, (20, 20, 20)).astype(np.float32)
-    from tumsyn_bids.training.synthesis import PairVolumes
+    from tumsyn_bids.training.synthesis.sampling import PairVolumes
 
     pair = PairVolumes(vol, vol[::-1].copy(), 0, 1, "p")
     data = PatchDataset([pair], 2, Sampling(1.0, 2.0, 8, 64), seed=5)
@@ -364,7 +365,11 @@ def test_patches_are_a_function_of_seed_epoch_and_slot():
 
 
 def test_degradation_changes_the_inputs_only_and_never_validation():
-    from tumsyn_bids.training.synthesis import PairVolumes, make_example, validation_examples
+    from tumsyn_bids.training.synthesis.sampling import (
+        PairVolumes,
+        make_example,
+        validation_examples,
+    )
 
     rng = np.random.default_rng(0)
     vol = rng.uniform(0.1, 1, (20, 20, 20)).astype(np.float32)
@@ -387,7 +392,7 @@ def test_degradation_changes_the_inputs_only_and_never_validation():
 
 
 def test_val_scale_fixes_the_scale_of_validation_patches():
-    from tumsyn_bids.training.synthesis import PairVolumes, validation_examples
+    from tumsyn_bids.training.synthesis.sampling import PairVolumes, validation_examples
 
     vol = np.random.default_rng(1).uniform(0.1, 1, (30, 30, 30)).astype(np.float32)
     pair = PairVolumes(vol, vol[::-1].copy(), 0, 1, "p")
@@ -403,6 +408,7 @@ def test_val_scale_fixes_the_scale_of_validation_patches():
     assert fixed and all(same_voxels(e) for e in fixed)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(bids, text_encoder, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
@@ -431,7 +437,7 @@ def test_several_runs_pair_every_target_protocol_and_share_volumes(tmp_path):
     from tumsyn_bids.bids.layout import index_anatomical
     from tumsyn_bids.simulate import write_simulated_dataset
     from tumsyn_bids.training.data import modality_pairs, training_images
-    from tumsyn_bids.training.synthesis import load_pairs
+    from tumsyn_bids.training.synthesis.data import load_pairs
 
     root = write_simulated_dataset(
         tmp_path / "sim", modalities=("T1w", "FLAIR"), voxel_size=4.0, labels=["01"], runs=2

@@ -20,9 +20,11 @@ import torch
 from tumsyn_bids.cli.train import main
 from tumsyn_bids.data.example import write_example_dataset
 from tumsyn_bids.model import load_text_encoder, tokenize
-from tumsyn_bids.model.checkpoints import EXTRA_KEY
-from tumsyn_bids.model.clip import ContrastiveModel
-from tumsyn_bids.training.metrics import read_metrics
+from tumsyn_bids.model.clip import ContrastiveModel, ImageTowerConfig
+from tumsyn_bids.model.metadata import EXTRA_KEY
+from tumsyn_bids.model.text_encoder import TextEncoderConfig
+
+from .logs import read_metrics
 
 TINY = [
     "--image-size", "32",
@@ -37,6 +39,23 @@ TINY = [
 ]  # fmt: skip
 
 PROMPTS = ["T1-weighted image of a 30-year-old", "T2-weighted image of a 60-year-old"]
+
+
+def _model_from_sizes(sizes: dict) -> ContrastiveModel:
+    """Rebuild the model from the sizes a checkpoint records (``ContrastiveModel.sizes()``)."""
+    image = dict(sizes["image"])
+    image["layers"] = tuple(image["layers"])
+    return ContrastiveModel(TextEncoderConfig(**sizes["text"]), ImageTowerConfig(**image))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny 3-D convolutions only lose from a second thread, and badly on a busy machine (the
+    runs here took 1.5 s in one full-suite run and 13-33 s in others with two threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +98,7 @@ def test_outputs(trained):
     assert meta["transformer_heads"] == 2 and meta["stage"] == "text-encoder"
     # The schedule spans all 5 epochs; --max-steps only stopped the run early.
     assert meta["total_steps"] == 5 and meta["batches_per_epoch"] == 1
-    model = ContrastiveModel.from_sizes(meta["model"])
+    model = _model_from_sizes(meta["model"])
     model.load_state_dict(last["model_state_dict"])  # strict: visual.*, text keys, logit_scale
     assert any(k.startswith("visual.") for k in last["model_state_dict"])
     assert "logit_scale" in last["model_state_dict"]
@@ -118,6 +137,7 @@ def test_logs(trained):
     assert all(r["n_images"] == 2 and r["val_loss"] > 0 for r in val)
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(bids, tmp_path):
     """4 steps straight == 3 steps (stopped mid-epoch) + --resume for the last one."""
     common = ["--epochs", "2", "--seed", "3", "--workers", "0"]

@@ -13,15 +13,13 @@ from typing import Any
 
 _EXPORTS = {
     "BIDSIndexError": "layout",
-    "FRAME_COLUMNS": "layout",
-    "ScanIndex": "layout",
-    "ScanRecord": "layout",
+    "ScanIndex": "records",
+    "ScanRecord": "records",
     "index_anatomical": "layout",
     "load_layout": "layout",
-    "parse_filename": "layout",
     "read_bids_filter_file": "layout",
-    "records_to_frame": "layout",
     "BIDSIgnore": "ignore",
+    "parse_filename": "names",
     "ImageInfo": "images",
     "probe_image": "images",
     "ParticipantTable": "metadata",

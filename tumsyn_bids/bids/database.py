@@ -238,7 +238,7 @@ def _write_manifest(index: SharedIndex) -> None:
     from importlib.metadata import version
 
     from .. import __version__
-    from .derivatives import atomic_write_json
+    from .io import atomic_write_json
 
     atomic_write_json(
         index.database_dir / MANIFEST,

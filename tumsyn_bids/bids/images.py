@@ -7,7 +7,17 @@ real datasets contain the odd truncated download. One bad image must not hide th
 how, and the caller decides what to do with it (the plan skips it, ``--dry-run`` shows it).
 
 Only the header is read (``nibabel.load`` maps the data lazily), so probing a large dataset
-costs one small read per file.
+costs one small read per file. What the header alone tells is checked here: readable, 3-D, at
+least :data:`MIN_VOXELS_PER_AXIS` voxels along each axis, a usable (non-singular) affine, and for
+an uncompressed ``.nii`` a file long enough for the data the header announces.
+
+**Voxel data.** What only the data can tell (a truncated ``.nii.gz``, NaN or infinite voxels, an
+empty or constant image) is checked by :func:`read_image_data` and :func:`check_voxels`, which
+the workflow's ``CheckImage`` node and ``tumsyn --dry-run`` both call, so a dry run refuses what
+the real run would. NaN outside the head is common (some tools write it as background) and is
+treated as background (0) with a warning that counts the voxels; NaN or infinite voxels inside
+the head, images that are mostly non-finite, empty or constant are refused with
+:class:`ImageDataError`, one line that names the file, the problem and the fix.
 
 **Voxel size.** A NIfTI header describes the grid twice: the sform (a general affine) and the
 qform (a rotation built from ``pixdim``, the header zooms). nibabel reads the data with the
@@ -28,9 +38,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..model.errors import InputImageError
 from ..model.grid import GridError, voxel_sizes
 
-__all__ = ["ImageInfo", "probe_image"]
+__all__ = [
+    "ImageData",
+    "ImageDataError",
+    "ImageInfo",
+    "check_voxels",
+    "probe_image",
+    "read_image_data",
+]
 
 _ANNEX_MARKERS = (b"/annex/objects/", b".git/annex/objects/")
 
@@ -41,6 +59,13 @@ _ANNEX_MARKERS = (b"/annex/objects/", b".git/annex/objects/")
 VOXEL_SIZE_RTOL = 1e-4
 #: Distance (mm) above which the sform and the qform place a corner voxel differently.
 PLACEMENT_TOL_MM = 1e-3
+#: Fewest voxels along any axis of an image TUMSyn reads: fewer is a localizer (1-3 slices) or a
+#: single 2-D slice, not a volume a 3-D network can take context from.
+MIN_VOXELS_PER_AXIS = 4
+#: Largest share of NaN or infinite voxels an image may have (all of them in the background). A
+#: skull-stripped brain with NaN outside fills 5-10% of a typical field of view, so only an image
+#: with fewer than 1% finite voxels is refused as mostly undefined.
+MAX_NONFINITE_FRACTION = 0.99
 
 
 @dataclass(frozen=True)
@@ -145,6 +170,10 @@ def probe_image(path: str | os.PathLike[str], display_name: str | None = None) -
             "git-annex pointer file — the image content is not present "
             "(in a DataLad dataset, run `datalad get` on it)"
         )
+    if not os.access(path, os.R_OK):
+        return fail(
+            "permission denied: this user cannot read the image (make it readable, e.g. chmod a+r)"
+        )
     try:
         image = nib.load(path)
         header = image.header
@@ -163,10 +192,33 @@ def probe_image(path: str | os.PathLike[str], display_name: str | None = None) -
             shape=shape,
             error=f"{name}: 4D image of shape {shape}; a single 3D volume is needed",
         )
+    thin = [(axis, n) for axis, n in zip("ijk", shape[:3], strict=True) if n < MIN_VOXELS_PER_AXIS]
+    if thin:
+        axis, n = thin[0]
+        return ImageInfo(
+            voxel_size=zooms[:3],  # type: ignore[arg-type]
+            shape=shape,
+            error=f"{name}: only {n} voxel(s) along {axis} (shape {shape}); TUMSyn needs a 3-D "
+            f"volume of at least {MIN_VOXELS_PER_AXIS} voxels along each axis (a localizer or "
+            "a single slice? list it in .bidsignore or select other images)",
+        )
     try:
         voxel_size = voxel_sizes(matrix)
     except GridError as exc:
-        return ImageInfo(shape=shape, error=f"{name}: unusable header geometry: {exc}")
+        return ImageInfo(
+            shape=shape,
+            error=f"{name}: unusable header geometry: {exc}; fix the header's sform/qform",
+        )
+    if abs(np.linalg.det(matrix[:3, :3])) <= 1e-6 * float(np.prod(voxel_size)):
+        return ImageInfo(
+            shape=shape,
+            error=f"{name}: unusable header geometry: the affine is singular (its voxel axes "
+            f"are not independent: {np.round(matrix[:3, :3], 4).tolist()}); fix the header's "
+            "sform/qform",
+        )
+    short = _truncated_nii(path, image)
+    if short is not None:
+        return ImageInfo(shape=shape, error=f"{name}: {short}")
     if np.allclose(voxel_size, zooms[:3], rtol=VOXEL_SIZE_RTOL, atol=0.0):
         voxel_size = zooms[:3]  # the same grid; keep the numbers the header stores
     if any(not (z > 0) for z in voxel_size) or not all(np.isfinite(voxel_size)):
@@ -180,4 +232,129 @@ def probe_image(path: str | os.PathLike[str], display_name: str | None = None) -
         shape=shape,
         affine=affine,
         warning=None if disagreement is None else f"{name}: {disagreement}",
+    )
+
+
+def _truncated_nii(path: Path, image: nib.spatialimages.SpatialImage) -> str | None:
+    """Why an uncompressed ``.nii`` is too short for the data its header announces, or None.
+
+    A compressed file's data length is only known by decompressing it (:func:`read_image_data`).
+    """
+    offset = getattr(image.dataobj, "offset", None)  # where the file's voxel data start
+    if not path.name.endswith(".nii") or offset is None:
+        return None
+    itemsize = image.header.get_data_dtype().itemsize
+    needed = int(offset) + int(np.prod(image.shape, dtype=np.int64)) * itemsize
+    size = path.stat().st_size
+    if size >= needed:
+        return None
+    return (
+        f"file is truncated: {size} bytes, but the header's shape and data type need {needed} "
+        "(an interrupted copy or download? copy the image again)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Voxel data
+# --------------------------------------------------------------------------------------------
+
+
+class ImageDataError(InputImageError):
+    """The voxel data of an image cannot be synthesized from; the message is one line that
+    starts with the image's name and ends with the fix."""
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """An image's voxels as TUMSyn may read them: (i, j, k) float32, every value finite.
+
+    ``affine`` is the voxel (i, j, k) -> RAS+ mm affine nibabel reads the data with, ``header``
+    the file's header; ``warning`` is one line when something was repaired (non-finite
+    background voxels set to 0), else None.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    warning: str | None = None
+
+
+def read_image_data(path: str | os.PathLike[str], display_name: str | None = None) -> ImageData:
+    """Read and check the voxels of a 3-D NIfTI image (a singleton 4th axis is dropped).
+
+    ``display_name`` (default: the path) starts every message. Raises :class:`ImageDataError`
+    when the data cannot be read (a truncated or corrupt file), the image is not 3-D, or
+    :func:`check_voxels` refuses it.
+    """
+    name = display_name if display_name is not None else str(path)
+    try:
+        image = nib.load(os.fspath(path))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - EOFError, zlib.error, OSError... all one problem
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ImageDataError(
+            f"{name}: the image data cannot be read ({detail}); the file is probably "
+            "truncated or corrupt (copy or download it again)"
+        ) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ImageDataError(
+            f"{name}: expected a 3-D image, found shape {data.shape}; split 4-D series first"
+        )
+    data, warning = check_voxels(data, name)
+    return ImageData(data, np.asarray(image.affine), image.header, warning)
+
+
+def check_voxels(data: np.ndarray, name: str) -> tuple[np.ndarray, str | None]:
+    """Refuse voxel data TUMSyn cannot synthesize from; set non-finite background voxels to 0.
+
+    ``data`` is a 3-D array in any axis order. Refused, with :class:`ImageDataError`:
+
+    * more than :data:`MAX_NONFINITE_FRACTION` of the voxels NaN or infinite (mostly undefined);
+    * every finite voxel zero (an empty image) or equal to one value (a constant image);
+    * NaN or infinite voxels inside the head. The head is the region above Otsu's threshold of
+      the finite voxels (:func:`tumsyn_bids.reports.masks.otsu_threshold`, the one the reports
+      use), with its enclosed holes filled (``scipy.ndimage.binary_fill_holes``): a non-finite
+      voxel there is missing anatomy, which synthesis would invent.
+
+    Returns the float32 data, with non-finite background voxels set to 0, and a warning that
+    counts them (None when every voxel was finite).
+    """
+    from scipy import ndimage
+
+    from ..reports.masks import otsu_threshold
+
+    data = np.asarray(data, dtype=np.float32)
+    finite = np.isfinite(data)
+    total = int(data.size)
+    bad = total - int(np.count_nonzero(finite))
+    if bad > MAX_NONFINITE_FRACTION * total:
+        raise ImageDataError(
+            f"{name}: {bad} of {total} voxels ({100.0 * bad / total:.1f}%) are NaN or infinite; "
+            "the image is mostly undefined (check how it was converted or resampled)"
+        )
+    values = data[finite]
+    low, high = float(values.min()), float(values.max())
+    which = "finite voxel" if bad else "voxel"
+    if low == high:
+        what = "is zero (an empty image)" if low == 0 else f"has the value {low:g} (no contrast)"
+        raise ImageDataError(
+            f"{name}: every {which} {what}; it cannot be synthesized from (select another image)"
+        )
+    if not bad:
+        return data, None
+    filled = np.where(finite, data, low)
+    head = ndimage.binary_fill_holes(filled > otsu_threshold(values))
+    inside = head & ~finite
+    count = int(np.count_nonzero(inside))
+    if count:
+        first = tuple(int(v) for v in np.argwhere(inside)[0])
+        raise ImageDataError(
+            f"{name}: {count} NaN or infinite voxel(s) inside the head (first at voxel {first}); "
+            "only background voxels may be undefined (fill or mask them before synthesis)"
+        )
+    clean = np.where(finite, data, np.float32(0)).astype(np.float32)
+    return clean, (
+        f"{name}: {bad} NaN or infinite background voxel(s) (outside the head) are treated as 0"
     )

@@ -1,4 +1,4 @@
-"""Index the anatomical images of a BIDS dataset into :class:`ScanRecord` rows.
+"""Index the anatomical images of a BIDS dataset into ScanRecord rows (:mod:`.records`).
 
 This is the first step of the data flow (``cli -> bids -> plan -> workflows``) and is shared
 with training, which pairs images of one session from the same index. One record describes one
@@ -37,42 +37,34 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import pandas as pd
 
 from tumsyn_bids.bids.ignore import BIDSIgnore, pybids_ignore
 from tumsyn_bids.bids.images import ImageInfo, probe_image
 from tumsyn_bids.bids.metadata import ParticipantTable
 from tumsyn_bids.bids.modalities import indexed_suffixes, modality_table, resolve_modality
-from tumsyn_bids.prompts import (
-    Demographics,
-    PromptError,
+from tumsyn_bids.bids.names import NIFTI_EXTENSIONS, parse_filename
+from tumsyn_bids.bids.records import ScanIndex, ScanRecord
+from tumsyn_bids.prompts.protocol import (
     Protocol,
-    build_prompt,
     check_timing,
     protocol_from_sidecar,
 )
+from tumsyn_bids.prompts.template import build_prompt, readable_prompt
+from tumsyn_bids.prompts.values import PromptError
 
 if TYPE_CHECKING:
     from bids import BIDSLayout
 
 __all__ = [
-    "FRAME_COLUMNS",
     "BIDSIndexError",
-    "ScanIndex",
-    "ScanRecord",
     "index_anatomical",
     "load_layout",
-    "parse_filename",
+    "pybids_layout",
     "read_bids_filter_file",
-    "records_to_frame",
 ]
-
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
 # BIDS short entity names -> PyBIDS entity names, so users may write filters either way.
 _PYBIDS_ENTITY = {
@@ -147,12 +139,72 @@ def pybids_layout(
     from bids import BIDSLayout  # imported here: PyBIDS takes ~0.5 s to import
     from bids.layout import BIDSLayoutIndexer
 
-    return BIDSLayout(
-        Path(root),
-        validate=False,
-        database_path=None if database_dir is None else Path(database_dir),
-        reset_database=reset_database,
-        indexer=BIDSLayoutIndexer(validate=False, ignore=pybids_ignore(root)),
+    def build(ignore: list[Any]) -> BIDSLayout:
+        return BIDSLayout(
+            Path(root),
+            validate=False,
+            database_path=None if database_dir is None else Path(database_dir),
+            reset_database=reset_database,
+            indexer=BIDSLayoutIndexer(validate=False, ignore=ignore),
+        )
+
+    try:
+        return build(pybids_ignore(root))
+    except OSError as exc:
+        if "decode JSON" not in str(exc):
+            raise
+    # One sidecar that is not JSON makes PyBIDS refuse the whole dataset: index without the
+    # broken files instead, and let the images that inherit from them carry the error.
+    root = Path(root)
+    invalid = invalid_json_files(root)
+    layout = build([*pybids_ignore(root), *(p.relative_to(root).as_posix() for p in invalid)])
+    setattr(layout, INVALID_JSON_ATTR, invalid)
+    return layout
+
+
+#: Attribute of a layout built by :func:`pybids_layout` that lists the JSON files left out
+#: because they do not parse (path -> reason).
+INVALID_JSON_ATTR = "tumsyn_invalid_json"
+
+
+def invalid_json_files(root: str | os.PathLike[str]) -> dict[Path, str]:
+    """Every ``.json`` file of the dataset (outside ``derivatives``, ``sourcedata``, ``code``
+    and hidden folders) that is not valid UTF-8 JSON, with the parser's reason."""
+    root = Path(root)
+    skip = {"derivatives", "sourcedata", "code"}
+    found: dict[Path, str] = {}
+    for folder, dirs, names in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and not (rel == Path(".") and d in skip)
+        ]
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            path = Path(folder) / name
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                found[path] = " ".join(str(exc).split())
+            except OSError as exc:
+                found[path] = exc.strerror or type(exc).__name__
+    return found
+
+
+def _sidecar_applies(sidecar: Path, image: Path, root: Path) -> bool:
+    """Whether ``sidecar`` is in ``image``'s inheritance chain (BIDS inheritance principle):
+    in the image's folder or one above it within the dataset, the same suffix, and entities
+    that are a subset of the image's."""
+    if image.parent != sidecar.parent and sidecar.parent not in image.parents:
+        return False
+    try:
+        sidecar.parent.relative_to(root)
+    except ValueError:
+        return False
+    json_entities, json_suffix, _ = parse_filename(sidecar.name)
+    image_entities, image_suffix, _ = parse_filename(image.name)
+    return json_suffix == image_suffix and all(
+        image_entities.get(key) == value for key, value in json_entities.items()
     )
 
 
@@ -181,202 +233,6 @@ def _check_filter_shape(data: Any, origin: str) -> None:
                 f"BIDS filters ({origin}): the value of {key!r} must be an object of entity "
                 f"queries, got {query!r}"
             )
-
-
-# --------------------------------------------------------------------------------------------
-# Records
-# --------------------------------------------------------------------------------------------
-
-
-def parse_filename(filename: str) -> tuple[dict[str, str], str, str]:
-    """Split a BIDS file name into (entities by short name, suffix, extension).
-
-    Entities keep their file-name order, which is the order BIDS prescribes, so derivative
-    names can be rebuilt from them. ``sub`` and ``ses`` are included.
-    """
-    name = os.path.basename(filename)
-    extension = next((e for e in NIFTI_EXTENSIONS if name.endswith(e)), "")
-    if not extension and "." in name:
-        extension = name[name.index(".") :]
-    stem = name[: len(name) - len(extension)] if extension else name
-    *pairs, suffix = stem.split("_")
-    entities: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("-")
-        if sep:
-            entities[key] = value
-    return entities, suffix, extension
-
-
-@dataclass(frozen=True)
-class ScanRecord:
-    """One anatomical image TUMSyn can use as a source, with everything a prompt needs.
-
-    ``entities`` holds the BIDS short names in file-name order, without ``sub``/``ses`` (which
-    are ``subject``/``session``). ``metadata`` is the full sidecar dictionary after BIDS
-    inheritance; ``protocol`` its prompt-relevant part plus the voxel size. ``prompt`` is the
-    source prompt (None only if one of its values cannot be written). ``error`` is None for a
-    usable image, otherwise one line per problem, each starting with ``relpath``.
-    """
-
-    path: Path
-    relpath: str
-    subject: str
-    session: str | None
-    suffix: str
-    extension: str
-    modality: str
-    entities: dict[str, str] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    protocol: Protocol = field(default_factory=Protocol)
-    demographics: Demographics = field(default_factory=Demographics)
-    voxel_size: tuple[float, float, float] | None = None
-    shape: tuple[int, ...] | None = None
-    #: voxel (i, j, k) -> RAS+ mm affine of the image (4x4 nested tuples); None if unreadable.
-    affine: tuple[tuple[float, ...], ...] | None = None
-    prompt: str | None = None
-    error: str | None = None
-    #: Problems that do not stop the image (an ambiguous age, a header whose sform and
-    #: qform/pixdim disagree): one line each, starting with ``relpath``; also logged.
-    warning: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the image can be synthesised from (readable header, valid prompt)."""
-        return self.error is None
-
-    @property
-    def entity_string(self) -> str:
-        """The non-subject/session entities as in a file name, e.g. ``acq-mprage_run-1``."""
-        return "_".join(f"{key}-{value}" for key, value in self.entities.items())
-
-
-FRAME_COLUMNS: tuple[str, ...] = (
-    "subject",
-    "session",
-    "modality",
-    "suffix",
-    "entities",
-    "acq",
-    "ce",
-    "rec",
-    "run",
-    "extension",
-    "relpath",
-    "path",
-    "repetition_time_s",
-    "echo_time_s",
-    "inversion_time_s",
-    "flip_angle",
-    "field_strength_t",
-    "manufacturer",
-    "vendor",
-    "age",
-    "sex",
-    "voxel_size",
-    "shape",
-    "prompt",
-    "error",
-    "warning",
-)
-"""Columns of :func:`records_to_frame`, one row per :class:`ScanRecord`:
-
-* ``subject``, ``session`` (labels without prefix; session None when the dataset has none),
-  ``modality`` (prompt word), ``suffix`` (BIDS), ``entities`` (e.g. ``"acq-mprage_run-1"``,
-  ``""`` when none), ``acq``/``ce``/``rec``/``run`` (that entity's value or None),
-  ``extension`` (``.nii.gz`` or ``.nii``), ``relpath`` (POSIX, relative to the dataset root),
-  ``path`` (absolute): object columns of ``str``/None.
-* ``repetition_time_s``, ``echo_time_s``, ``inversion_time_s`` (seconds, as in BIDS),
-  ``field_strength_t`` (tesla), ``age`` (years): float64, NaN when unknown.
-* ``flip_angle``: object, float degrees, a word such as ``"T2var"``, or None.
-* ``manufacturer`` (as in the sidecar) and ``vendor`` (prompt word), ``sex`` (``M``/``F``):
-  object, None when unknown.
-* ``voxel_size`` (mm along i, j, k, 3-tuple; :mod:`tumsyn_bids.bids.images`) and ``shape``
-  (tuple): object, None when the header is unreadable.
-* ``prompt`` (source prompt), ``error`` (None when usable) and ``warning`` (None when there
-  is nothing to report): object.
-"""
-
-_FLOAT_COLUMNS = frozenset(
-    {"repetition_time_s", "echo_time_s", "inversion_time_s", "field_strength_t", "age"}
-)
-
-
-def _frame_row(record: ScanRecord) -> dict[str, Any]:
-    protocol = record.protocol
-    return {
-        "subject": record.subject,
-        "session": record.session,
-        "modality": record.modality,
-        "suffix": record.suffix,
-        "entities": record.entity_string,
-        "acq": record.entities.get("acq"),
-        "ce": record.entities.get("ce"),
-        "rec": record.entities.get("rec"),
-        "run": record.entities.get("run"),
-        "extension": record.extension,
-        "relpath": record.relpath,
-        "path": str(record.path),
-        "repetition_time_s": protocol.repetition_time,
-        "echo_time_s": protocol.echo_time,
-        "inversion_time_s": protocol.inversion_time,
-        "flip_angle": protocol.flip_angle,
-        "field_strength_t": protocol.magnetic_field_strength,
-        "manufacturer": protocol.manufacturer,
-        "vendor": protocol.vendor,
-        "age": record.demographics.age,
-        "sex": record.demographics.sex,
-        "voxel_size": record.voxel_size,
-        "shape": record.shape,
-        "prompt": record.prompt,
-        "error": record.error,
-        "warning": record.warning,
-    }
-
-
-def records_to_frame(records: Iterable[ScanRecord]) -> pd.DataFrame:
-    """One row per record with the documented :data:`FRAME_COLUMNS` schema (also when empty)."""
-    rows = [_frame_row(record) for record in records]
-    columns = {}
-    for name in FRAME_COLUMNS:
-        values = [row[name] for row in rows]
-        dtype = "float64" if name in _FLOAT_COLUMNS else object
-        columns[name] = pd.Series(
-            [float("nan") if v is None else v for v in values] if dtype == "float64" else values,
-            dtype=dtype,
-        )
-    return pd.DataFrame(columns, columns=list(FRAME_COLUMNS))
-
-
-@dataclass(frozen=True)
-class ScanIndex(Sequence[ScanRecord]):
-    """The indexed images of one dataset, sorted by subject, session and path."""
-
-    root: Path
-    records: tuple[ScanRecord, ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self) -> Iterator[ScanRecord]:
-        return iter(self.records)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        return self.records[index]
-
-    @property
-    def usable(self) -> list[ScanRecord]:
-        """Records without an error."""
-        return [r for r in self.records if r.ok]
-
-    @property
-    def errors(self) -> list[str]:
-        """The error text of every record that has one."""
-        return [r.error for r in self.records if r.error is not None]
-
-    def to_frame(self) -> pd.DataFrame:
-        """See :func:`records_to_frame`."""
-        return records_to_frame(self.records)
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,7 +402,15 @@ def index_anatomical(
             continue  # before _make_record: no header or sidecar read for unselected images
         if sessions is not None and entities.get("session") not in sessions:
             continue
-        record = _make_record(bids_file, Path(path_text), root, table, participants, read_headers)
+        record = _make_record(
+            bids_file,
+            Path(path_text),
+            root,
+            table,
+            participants,
+            read_headers,
+            getattr(layout, INVALID_JSON_ATTR, None),
+        )
         if record is None:
             continue
         if subjects is not None and record.subject not in subjects:
@@ -565,8 +429,14 @@ def _make_record(
     table: Mapping[str, str],
     participants: ParticipantTable,
     read_headers: bool,
+    invalid_sidecars: Mapping[Path, str] | None = None,
 ) -> ScanRecord | None:
-    """Build one record, turning every per-image problem into error text."""
+    """Build one record, turning every per-image problem into error text.
+
+    ``invalid_sidecars`` (JSON file -> parse error, :func:`invalid_json_files`) were left out
+    of the index; an image that would inherit from one of them is refused with that reason.
+    """
+    invalid_sidecars = invalid_sidecars or {}
     relpath = _relpath(path, root)
     entities, suffix, extension = parse_filename(path.name)
     subject = entities.pop("sub", None) or bids_file.entities.get("subject")
@@ -600,6 +470,13 @@ def _make_record(
             timing_ok = False
             problems.append(f"{relpath}: unusable sidecar value: {exc}")
 
+    for sidecar, reason in invalid_sidecars.items():
+        if _sidecar_applies(sidecar, path, root):
+            problems.append(
+                f"{relpath}: its sidecar {_relpath(sidecar, root)} is not valid JSON ({reason}); "
+                "fix or remove it"
+            )
+
     demographics, table_warnings = participants.lookup_with_warnings(subject, session)
     warnings += [f"{relpath}: {warning}" for warning in table_warnings]
     prompt = None
@@ -608,6 +485,8 @@ def _make_record(
             prompt = build_prompt(modality, protocol, demographics)
         except PromptError as exc:
             problems.append(f"{relpath}: cannot build the prompt: {exc}")
+    if problems:  # the record of a refused image shows every value that can be written
+        prompt = readable_prompt(modality, metadata, info.voxel_size, demographics)
 
     return ScanRecord(
         path=path,

@@ -46,7 +46,8 @@ from typing import Any
 
 import pandas as pd
 
-from tumsyn_bids.prompts import Demographics, normalize_sex, parse_age
+from tumsyn_bids.prompts.protocol import Demographics
+from tumsyn_bids.prompts.values import normalize_sex, parse_age
 
 __all__ = ["ParticipantTable", "age_in_years", "find_age_column", "find_sex_column"]
 
@@ -214,7 +215,7 @@ def _agreed(values: list[Any], what: str, where: str, warnings: list[str]) -> An
 class ParticipantTable:
     """Demographics lookup for one dataset; each TSV is read once, on first use.
 
-    ``lookup(subject, session)`` returns a :class:`~tumsyn_bids.prompts.Demographics` for a
+    ``lookup(subject, session)`` returns a :class:`~tumsyn_bids.prompts.protocol.Demographics` for a
     subject label (with or without ``sub-``) and an optional session label, and logs a warning
     when the tables are ambiguous; :meth:`lookup_with_warnings` returns those warnings instead.
     ``layout`` (a PyBIDS layout of ``root``) resolves the tables' JSON sidecars; without it one

@@ -30,7 +30,8 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from tumsyn_bids.prompts import PromptError, validate_modality_word
+from tumsyn_bids.prompts.template import validate_modality_word
+from tumsyn_bids.prompts.values import PromptError
 
 __all__ = [
     "CONFIRMED_WORDS",

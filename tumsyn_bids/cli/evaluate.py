@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
         load_synthesis,
         load_text_encoder,
     )
-    from ..model.checkpoints import CheckpointError, checkpoint_metadata
-    from ..model.metadata import file_sha256
+    from ..model.checkpoints import CheckpointError
+    from ..model.metadata import checkpoint_metadata, file_sha256
 
     try:
         tasks = [Task.parse(t) for t in args.tasks]

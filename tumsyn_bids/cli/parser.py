@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def read_json_object(path: Path, what: str) -> dict:
 
 
 def _target_like(path: Path) -> dict:
-    from ..bids.layout import parse_filename
+    from ..bids.names import parse_filename
 
     sidecar = path
     for ext in (".nii.gz", ".nii"):
@@ -234,13 +235,35 @@ def _device_type(device: str, plugin: str = "Linear") -> str:
     return "cpu"
 
 
+def check_weight_files(checkpoint: Path, text_encoder: Path, text_heads: int | None) -> None:
+    """Load both checkpoints once before anything runs (not in a dry run, which loads no model):
+    exit 64 when ``--text-heads`` does not divide the text width, 65 for any other unusable
+    weights (:func:`tumsyn_bids.model.checkpoints.check_weights`)."""
+    from ..model.checkpoints import check_weights
+    from ..model.errors import CheckpointError, TextHeadsError
+
+    try:
+        check_weights(checkpoint, text_encoder, heads=text_heads)
+    except TextHeadsError as exc:
+        code = errors.EX_USAGE if text_heads else errors.EX_DATAERR
+        raise CLIError(code, f"--text-encoder: {exc}") from None
+    except CheckpointError as exc:
+        raise CLIError(errors.EX_DATAERR, str(exc)) from None
+
+
 def _inference(args: argparse.Namespace, plugin: str = "Linear") -> InferenceConfig:
+    from ..model.errors import CheckpointError
+
     checkpoint, text_encoder = _weights(args)
     try:
         patch = patch_size(args.patch_size, checkpoint)
         batch = batch_size(args.batch_size, patch)
     except UsageError as exc:
         raise CLIError(errors.EX_USAGE, str(exc)) from None
+    except CheckpointError as exc:  # reading the recorded patch size of a broken file
+        raise CLIError(errors.EX_DATAERR, f"--checkpoint: {exc}") from None
+    if not args.dry_run:
+        check_weight_files(checkpoint, text_encoder, args.text_heads)
     if min(patch) < 1:
         raise CLIError(errors.EX_USAGE, f"--patch-size must be positive, got {patch}")
     device_type = None if args.dry_run else _device_type(args.device, plugin)
@@ -296,8 +319,26 @@ def _labels(values: Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(values) if values else None
 
 
+#: A BIDS label: letters and digits only (``--participant-label 01`` or ``sub-01``).
+_LABEL = re.compile(r"[A-Za-z0-9]+")
+
+
+def check_labels(values: Sequence[str] | None, option: str, prefix: str) -> None:
+    """Refuse labels that are not BIDS labels (``../x``, ``01/anat``, empty) with exit 64."""
+    for value in values or ():
+        label = value[len(prefix) :] if value.startswith(prefix) else value
+        if not _LABEL.fullmatch(label):
+            raise CLIError(
+                errors.EX_USAGE,
+                f"{option} {value!r} is not a BIDS label: letters and digits only, with or "
+                f"without the {prefix!r} prefix (e.g. {option} 01)",
+            )
+
+
 def check_values(args: argparse.Namespace) -> None:
     """Refuse option values that parse but cannot be used (exit 64), before touching files."""
+    check_labels(args.participant_label, "--participant-label", "sub-")
+    check_labels(args.session_label, "--session-label", "ses-")
     try:
         if args.patch_size:
             one_or_three(args.patch_size, "--patch-size", 0)
@@ -381,12 +422,15 @@ def check_paths(bids: Path, out: Path, work: Path) -> None:
             f"output_dir {out} is inside the input dataset; use a folder outside it or "
             f"{derivatives / 'tumsyn'}",
         )
-    from ..bids.derivatives import DerivativesError, existing_version
+    from ..bids.dataset import check_output_source, existing_version
+    from ..bids.names import DerivativesError
 
     try:
         previous = existing_version(out)
+        check_output_source(out, bids)
     except DerivativesError as exc:
-        raise CLIError(errors.EX_CANTCREAT, f"{exc}; choose another output_dir") from None
+        fix = "" if "choose" in str(exc) else "; choose another output_dir"
+        raise CLIError(errors.EX_CANTCREAT, f"{exc}{fix}") from None
     if previous is not None and previous != __version__:
         LOGGER.warning(
             "%s holds outputs of tumsyn-bids %s; this is %s: outputs of two versions will mix",
@@ -396,10 +440,18 @@ def check_paths(bids: Path, out: Path, work: Path) -> None:
         )
     if _inside(work, bids):
         raise CLIError(errors.EX_USAGE, f"work dir {work} is inside the input dataset")
+    for what, folder in (("output_dir", out), ("work dir", work)):
+        if folder.exists() and not folder.is_dir():
+            raise CLIError(
+                errors.EX_CANTCREAT, f"{what} {folder} is a file, not a folder; choose another"
+            )
+    from ..bids.io import temporary_name
+
     for folder in (out, work):
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".tumsyn-write-test"
+            # A name of its own: runs started together (a SLURM array) probe at once.
+            probe = folder / temporary_name(folder / "tumsyn-write-test")
             probe.write_text("")
             probe.unlink()
         except OSError as exc:

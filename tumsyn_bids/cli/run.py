@@ -31,7 +31,7 @@ LOGGER = logging.getLogger("tumsyn_bids")
 
 def validate_input(bids_dir: Path) -> None:
     """Run the BIDS validator; exit 16 when the dataset is invalid or cannot be validated."""
-    from .dataset import check_verdict, validation_verdict
+    from .inputs import check_verdict, validation_verdict
 
     check_verdict(validation_verdict(bids_dir), bids_dir)
 
@@ -46,15 +46,72 @@ def _print_plan(plan) -> None:
             print(f"{row.output}\n  source: {row.source_prompt}\n  target: {row.target_prompt}")
 
 
+def exit_code(plan) -> int:
+    """The run's exit code from its plan: 1 when a job crashed (``failed``), 65 when a job
+    could not run because of its data (``error``), else 0. A dry run's plan gives the code the
+    real run would give for what it can check without the model."""
+    statuses = set(plan["status"])
+    if "failed" in statuses:
+        return errors.EX_FAILURE
+    return errors.EX_DATAERR if "error" in statuses else errors.EX_OK
+
+
+def failure_lines(plan) -> list[str]:
+    """One line per job that could not run, ``sub-XX/.../file.nii.gz: reason``: the message
+    of its row, as in ``prompts.tsv``, ``jobs.tsv`` and the report; a source refused for
+    several targets is listed once, a multi-line message (several problems of one image) gives
+    one line per problem."""
+    lines: list[str] = []
+    for message in plan.loc[plan["status"].isin(["error", "failed"]), "message"]:
+        for line in str(message).splitlines():
+            if line.strip() and line not in lines:
+                lines.append(line)
+    return lines
+
+
+def print_failures(lines: list[str], code: int) -> None:
+    """The run's last lines: what could not run, one job per line (nothing when all ran)."""
+    if not lines:
+        return
+    what = "crashed or could not run" if code == errors.EX_FAILURE else "could not run"
+    print(f"tumsyn: error: jobs {what} (exit {code}); one line per image or job:", file=sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+
+
+def _claim_keys(plan) -> list[str]:
+    planned = plan[plan["status"] == "planned"]
+    return [
+        f"sub-{s}" + (f"_ses-{t}" if isinstance(t, str) and t else "")
+        for s, t in zip(planned["subject"], planned["session"], strict=True)
+    ]
+
+
 def run_participant(config: RunConfig) -> int:
-    """Participant level: validate, index, plan; then a dry run, the reports, or the run."""
+    """Participant level (see :func:`participant_level`); prints the failed jobs last."""
+    code, lines = participant_level(config)
+    print_failures(lines, code)
+    return code
+
+
+def participant_level(config: RunConfig) -> tuple[int, list[str]]:
+    """Validate, index, plan; then a dry run, the reports, or the run.
+
+    Returns the exit code and :func:`failure_lines`. A real run claims the participants and
+    sessions it writes (another run writing one of them: exit 73), removes leftovers of
+    interrupted runs (:func:`tumsyn_bids.bids.io.remove_stale_temporaries`), and records its
+    plan, configuration and run time in its own ``logs/run-<run_id>/``
+    (:mod:`tumsyn_bids.runlog`).
+    """
     from ..bids.layout import BIDSIndexError, index_anatomical
     from ..plan import PlanError, build_plan, write_plan_tsv
-    from .dataset import open_dataset, write_participant_list
+    from ..preflight import check_memory, check_source_data, memory_limit_bytes
+    from ..runlog import run_log_dir
+    from .inputs import open_dataset, write_participant_list
 
     layout = open_dataset(config)  # validates, or reuses the verdict of --bids-database-dir
     if config.index_only and not config.list_participants:
-        return errors.EX_OK
+        return errors.EX_OK, []
     inference = config.inference
     try:
         index = index_anatomical(
@@ -77,30 +134,60 @@ def run_participant(config: RunConfig) -> int:
     except PlanError as exc:
         raise CLIError(errors.EX_USAGE, str(exc)) from None
     if config.list_participants:
-        return write_participant_list(config, plan)
+        return write_participant_list(config, plan), []
     if config.reports_only:
-        return write_reports(config, sorted(set(plan["subject"])))
+        return write_reports(config, sorted(set(plan["subject"]))), []
     if plan.empty:
         raise CLIError(
             errors.EX_NOINPUT,
             f"no anatomical image of a source modality ({', '.join(config.request.sources)}) "
             f"was selected in {config.bids_dir}",
         )
-    write_plan_tsv(plan, config.output_dir)
-    write_config(config)
+    mem_gb = config.execution.mem_gb
+    plan = check_memory(
+        plan,
+        {r.relpath: r.shape for r in index},
+        memory_limit_bytes(mem_gb),
+        "--mem-gb allows" if mem_gb else "this machine has",
+    )
+    run_dir = run_log_dir(config.output_dir, config.run_id)
     if config.dry_run:
+        plan = check_source_data(plan, config.bids_dir)
+        write_plan_tsv(plan, run_dir / "prompts.tsv")
+        write_config(config)
         _print_plan(plan)
-        return errors.EX_OK
-    code = run_plan(plan, config)
+        return exit_code(plan), failure_lines(plan)
+    final = _run_claimed(plan, config)
     write_reports(config, sorted(set(plan["subject"])))
-    return code
+    return exit_code(final), failure_lines(final)
+
+
+def _run_claimed(plan, config: RunConfig):
+    """Claim the plan's sessions, clear leftovers, record the plan and configuration, run."""
+    from ..bids.io import remove_stale_temporaries
+    from ..locking import ClaimedError, claim, output_lock
+    from ..plan import write_plan_tsv
+    from ..runlog import run_log_dir
+
+    try:
+        held = claim(config.output_dir, _claim_keys(plan))
+    except ClaimedError as exc:
+        raise CLIError(errors.EX_CANTCREAT, str(exc)) from None
+    with held:
+        with output_lock(config.output_dir):  # shared files' leftovers: no writer holds them
+            remove_stale_temporaries(config.output_dir, sorted(set(plan["subject"])))
+        write_plan_tsv(plan, run_log_dir(config.output_dir, config.run_id) / "prompts.tsv")
+        write_config(config)
+        return run_plan(plan, config)
 
 
 def write_config(config: RunConfig) -> Path:
-    """Record the run configuration in ``logs/config.json`` (written once per run)."""
-    from ..bids.derivatives import atomic_write_json
+    """Record the run configuration in the run's ``logs/run-<run_id>/config.json``."""
+    from ..bids.io import atomic_write_json
+    from ..runlog import run_log_dir
 
-    return atomic_write_json(config.output_dir / "logs" / "config.json", config.to_json())
+    folder = run_log_dir(config.output_dir, config.run_id)
+    return atomic_write_json(folder / "config.json", config.to_json())
 
 
 def write_reports(config: RunConfig, subjects: list[str]) -> int:
@@ -145,26 +232,15 @@ def run_group(config: RunConfig) -> int:
     return errors.EX_OK
 
 
-def run_plan(plan, config: RunConfig) -> int:
-    """Execute the plan and turn its outcome into messages and an exit code."""
-    from ..bids.derivatives import subject_log_dir
+def run_plan(plan, config: RunConfig):
+    """Execute the plan; return it with every job's outcome (:func:`exit_code` and
+    :func:`failure_lines` turn it into the exit code and the closing lines)."""
     from ..pipeline import execute_plan
 
     final = execute_plan(plan, config)
     counts = final["status"].value_counts().to_dict()
     LOGGER.info("outputs: %s", json.dumps(counts, sort_keys=True))
-    for message in final.loc[final["status"] == "error", "message"]:
-        print(f"tumsyn: error: {message}", file=sys.stderr)
-    failed = sorted(set(final.loc[final["status"] == "failed", "subject"]))
-    if failed:
-        where = ", ".join(str(subject_log_dir(config.output_dir, s)) for s in failed)
-        print(
-            f"tumsyn: error: {counts['failed']} synthesis job(s) failed for "
-            f"{', '.join('sub-' + s for s in failed)}; crash files in {where}",
-            file=sys.stderr,
-        )
-        return errors.EX_FAILURE
-    return errors.EX_DATAERR if counts.get("error") else errors.EX_OK
+    return final
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,13 +252,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     LOGGER.setLevel(logging.INFO)
     LOGGER.propagate = False
     start = time.time()
+    lines: list[str] = []
     try:
         config, verbose = parse_config(argv)
         LOGGER.setLevel(logging.DEBUG if verbose else logging.INFO)
         if config.analysis_level == "group":
             code = run_group(config)
         else:
-            code = run_participant(config)
+            code, lines = participant_level(config)
     except CLIError as exc:
         print(f"tumsyn: error: {exc}", file=sys.stderr)
         return exc.code
@@ -190,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("tumsyn: interrupted", file=sys.stderr)
         return 130
     LOGGER.info("finished in %.1f s", time.time() - start)
+    print_failures(lines, code)
     return code
 
 

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so that --help and usage errors answer without loading torch.
     import numpy as np
 
-    from ..bids.derivatives import atomic_save_nifti
+    from ..bids.io import atomic_save_nifti
     from ..model import (
         CheckpointError,
         InputImageError,

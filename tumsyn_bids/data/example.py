@@ -25,12 +25,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ..bids.derivatives import (
-    atomic_save_nifti,
-    atomic_write_json,
-    atomic_write_text,
-    sidecar_relpath,
-)
+from ..bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
+from ..bids.names import sidecar_relpath
 
 __all__ = [
     "EXAMPLE_NAME",

@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..bids.layout import ScanRecord, index_anatomical
+from ..bids.layout import index_anatomical
+from ..bids.records import ScanRecord
 from ..model.inference import InputImageError, Synthesizer, percentile_normalise
 from ..model.volume import synthesize_nifti
-from ..prompts import Protocol, target_prompt
+from ..prompts.protocol import Protocol
+from ..prompts.template import target_prompt
 from ..simulate import brain_mask, load_tissue_maps, render_ground_truth
 from .metrics import histogram_match, psnr, ssim, tissue_ratio
 

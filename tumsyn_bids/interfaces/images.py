@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import nibabel as nib
@@ -16,21 +17,36 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ..bids.images import ImageDataError, read_image_data
 from ..model.grid import GRID_ATOL, GRID_RTOL, same_grid, voxel_sizes
-from ..model.volume import from_model_order, load_volume
+
+LOGGER = logging.getLogger("tumsyn_bids.interfaces")
+
+#: File the CheckImage node leaves in its working directory when it refuses an image: the one
+#: line of the :class:`~tumsyn_bids.bids.images.ImageDataError`, which the pipeline reports as
+#: the job's message (a data problem, exit 65) instead of a crash.
+DATA_ERROR_FILE = "data_error.txt"
 
 
 class _CheckImageInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="source NIfTI image")
+    display_name = traits.Str(desc="the image's name in messages (default: in_file)")
 
 
 class _CheckImageOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="conformed float32 3-D copy of the image")
     zooms = traits.Tuple(traits.Float, traits.Float, traits.Float, desc="voxel size (i, j, k)")
+    warning = traits.Str(desc="what was repaired (non-finite background voxels), or empty")
 
 
 class CheckImage(SimpleInterface):
-    """Refuse what the model cannot read (not 3-D, non-finite, empty) and conform the header.
+    """Refuse voxel data the model cannot use and conform the header.
+
+    The checks are :func:`tumsyn_bids.bids.images.read_image_data`'s (the same ``tumsyn
+    --dry-run`` applies): unreadable data (a truncated file), not 3-D, mostly non-finite, empty
+    or constant, NaN or infinite inside the head. A refusal raises
+    :class:`~tumsyn_bids.bids.images.ImageDataError` and leaves its one line in
+    :data:`DATA_ERROR_FILE`. Non-finite background voxels become 0 (output ``warning``).
 
     Conforming means: float32 data, a singleton 4th dimension dropped, the original affine and
     voxel order kept (TUMSyn was trained on images as stored, so nothing is reoriented).
@@ -40,15 +56,23 @@ class CheckImage(SimpleInterface):
     output_spec = _CheckImageOutputSpec
 
     def _run_interface(self, runtime):
-        volume = load_volume(self.inputs.in_file)  # raises InputImageError with the file name
-        if not np.any(volume.data):
-            raise ValueError(f"{self.inputs.in_file}: every voxel is zero")
+        inputs = self.inputs
+        name = inputs.display_name if isdefined(inputs.display_name) else inputs.in_file
+        try:
+            image = read_image_data(inputs.in_file, name)
+        except ImageDataError as exc:
+            with open(os.path.join(runtime.cwd, DATA_ERROR_FILE), "w", encoding="utf-8") as fh:
+                fh.write(f"{exc}\n")
+            raise
+        if image.warning:
+            LOGGER.warning("%s", image.warning)
         out = os.path.join(runtime.cwd, "conformed.nii.gz")
-        img = nib.Nifti1Image(from_model_order(volume.data), volume.affine, volume.header)
+        img = nib.Nifti1Image(image.data, image.affine, image.header)
         img.set_data_dtype(np.float32)
         nib.save(img, out)
         self._results["out_file"] = out
-        self._results["zooms"] = volume.zooms
+        self._results["zooms"] = voxel_sizes(image.affine)
+        self._results["warning"] = image.warning or ""
         return runtime
 
 

@@ -15,7 +15,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..bids.derivatives import save_derivative, sidecar_relpath
+from ..bids.io import save_derivative
+from ..bids.names import sidecar_relpath
 
 
 class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
@@ -34,7 +35,7 @@ class DerivativesSink(SimpleInterface):
     """Store ``in_file`` at ``output_dir/relpath`` with its sidecar.
 
     Both files are written under a temporary name and renamed, the sidecar last
-    (:func:`tumsyn_bids.bids.derivatives.save_derivative`): a reader, or a rerun deciding what is
+    (:func:`tumsyn_bids.bids.io.save_derivative`): a reader, or a rerun deciding what is
     finished, never sees a half-written output.
     """
 

@@ -18,7 +18,6 @@ _EXPORTS = {
     "file_sha256": "metadata",
     "load_synthesis": "checkpoints",
     "load_text_encoder": "checkpoints",
-    "save_text_encoder": "checkpoints",
     "synthesis_checkpoint": "checkpoints",
     "InputImageError": "inference",
     "PatchSettings": "inference",

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import logging
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .metadata import EXTRA_KEY, recorded_metadata
+from .errors import CheckpointError, TextHeadsError
+from .metadata import EXTRA_KEY, read_checkpoint
 from .network import FUSION_HEADS, SynthesisConfig, SynthesisNetwork
 from .text_encoder import DEFAULT_TEXT_HEADS, TextEncoder, text_config_from_state_dict
 
@@ -48,33 +47,6 @@ class LoadedCheckpoint:
     model: torch.nn.Module
     path: Path
     extra: dict[str, Any]
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` safely: CPU, weights only, memory-mapped when the format allows it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            # Files written by torch's legacy (pre-zip) serialiser cannot be memory-mapped.
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zips, non-torch files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
-    return obj
-
-
-def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """What tumsyn-bids recorded in a checkpoint; {} if none (see :mod:`.metadata`)."""
-    if zipfile.is_zipfile(path):
-        return recorded_metadata(path)
-    return dict(read_checkpoint(path).get(EXTRA_KEY) or {})
 
 
 def _strict_load(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
@@ -122,32 +94,31 @@ def load_text_encoder(path: str | Path, heads: int | None = None) -> LoadedCheck
     n_heads = heads or int(extra.get("transformer_heads", DEFAULT_TEXT_HEADS))
     if "token_embedding.weight" not in sd:
         raise CheckpointError(f"{path}: no text tower (token_embedding.weight) in the state dict")
+    width = int(sd["token_embedding.weight"].shape[1])
+    if width % n_heads:
+        origin = (
+            "given with --text-heads"
+            if heads
+            else "recorded in the file"
+            if "transformer_heads" in extra
+            else f"the published model's {DEFAULT_TEXT_HEADS}; the file records none"
+        )
+        divisors = ", ".join(str(n) for n in range(1, width + 1) if width % n == 0 and n <= 64)
+        raise TextHeadsError(
+            f"{path}: the text encoder's width {width} is not divisible by {n_heads} attention "
+            f"heads ({origin}); pass --text-heads N with the head count it was trained with, a "
+            f"divisor of {width} ({divisors})"
+        )
     try:
         config = text_config_from_state_dict(sd, n_heads)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: not a usable text encoder ({exc})") from exc
     model = TextEncoder(config)
     used = {k: v for k, v in sd.items() if not k.startswith(TEXT_UNUSED_PREFIXES)}
     _strict_load(model, used, path)
     model.eval()
     extra["transformer_heads"] = n_heads
     return LoadedCheckpoint(model=model, path=path, extra=extra)
-
-
-def save_text_encoder(
-    path: str | Path,
-    state_dict: dict[str, torch.Tensor],
-    heads: int,
-    extra: dict[str, Any] | None = None,
-    **fields: Any,
-) -> None:
-    """Write the authors' stage-1 format plus the head count that shapes cannot tell."""
-    meta = dict(extra or {})
-    meta["transformer_heads"] = int(heads)
-    payload = {"epoch": 0, "global_step": 0, "optimizer_state_dict": {}, **fields}
-    payload["model_state_dict"] = state_dict
-    payload[EXTRA_KEY] = meta
-    torch.save(payload, path)
 
 
 # --------------------------------------------------------------------------- synthesis
@@ -265,3 +236,44 @@ def synthesis_checkpoint(
         "epoch": epoch,
         EXTRA_KEY: meta,
     }
+
+
+def check_weights(
+    checkpoint: str | Path, text_encoder: str | Path, heads: int | None = None
+) -> None:
+    """Load both checkpoints once, as every synthesis node will, before any job starts.
+
+    A run whose weights cannot be used would otherwise crash in every job, one by one. Raises
+    :class:`TextHeadsError` when ``heads`` (or the file's record, or the published default)
+    does not divide the text width, and :class:`CheckpointError` when a file cannot be read
+    (truncated, not a torch file, a pickle that would run code: files are loaded with
+    ``weights_only=True``) or is not the stage its option expects; every message names the
+    option, the file and the fix.
+    """
+    try:
+        load_synthesis(checkpoint)
+    except CheckpointError as exc:
+        text = str(exc)
+        if "text-encoder checkpoint" in text:
+            fix = "it is the text encoder: give checkpoint.pth as --checkpoint and "
+            fix += "checkpoint_CLIP.pt as --text-encoder"
+        elif text.startswith("cannot read checkpoint"):
+            fix = "the file is truncated, corrupt, or not a torch checkpoint of weights only; "
+            fix += "download it again (Zenodo record 13119176)"
+        else:
+            fix = "give the TUMSyn synthesis checkpoint (checkpoint.pth)"
+        raise CheckpointError(f"--checkpoint: {text}; {fix}") from None
+    try:
+        load_text_encoder(text_encoder, heads=heads)
+    except TextHeadsError:
+        raise
+    except CheckpointError as exc:
+        text = str(exc)
+        if "synthesis" in text or "model_state_dict" in text:
+            fix = "give checkpoint_CLIP.pt as --text-encoder and checkpoint.pth as --checkpoint"
+        elif text.startswith("cannot read checkpoint"):
+            fix = "the file is truncated, corrupt, or not a torch checkpoint of weights only; "
+            fix += "download it again (Zenodo record 13119176)"
+        else:
+            fix = "give the TUMSyn text encoder (checkpoint_CLIP.pt)"
+        raise CheckpointError(f"--text-encoder: {text}; {fix}") from None

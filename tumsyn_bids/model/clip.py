@@ -268,12 +268,6 @@ class ContrastiveModel(TextEncoder):
         """Everything needed to rebuild this model (stored in checkpoints)."""
         return {"image": self.image_config.to_dict(), "text": self.config.to_dict()}
 
-    @classmethod
-    def from_sizes(cls, sizes: dict[str, Any]) -> ContrastiveModel:
-        image = dict(sizes["image"])
-        image["layers"] = tuple(image["layers"])
-        return cls(TextEncoderConfig(**sizes["text"]), ImageTowerConfig(**image))
-
 
 def contrastive_loss(
     image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor

@@ -1,4 +1,5 @@
-"""What a checkpoint file says about itself, read without torch.
+"""Reading checkpoint files: their object tree (torch's weights-only loader), or only what
+they record about themselves, without torch.
 
 Planning a run (``tumsyn --dry-run``) needs a few facts about the weights — whether they are the
 bundled demo model, the patch size they were trained on — but must not import torch. Files
@@ -16,6 +17,7 @@ import hashlib
 import io
 import pickle
 import zipfile
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -63,20 +65,59 @@ def _none(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def recorded_metadata(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` safely: CPU, weights only, memory-mapped when the format allows it.
+
+    Raises :class:`CheckpointError` for a missing, unreadable or non-dict file; a pickle that
+    tries to run code is refused by torch's weights-only unpickler.
+    """
+    import torch  # here: the rest of this module must stay importable without torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            # Files written by torch's legacy (pre-zip) serialiser cannot be memory-mapped.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated zips, non-torch files
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(path, exc)}") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
+    return obj
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """One line for why ``torch.load`` failed (its weights-only refusal is paragraphs long)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        culprit = next((ln for ln in lines if "GLOBAL" in ln), lines[-1])
+        return f"it holds objects that would run code when loaded; refused ({culprit})"
+    with suppress(OSError), open(path, "rb") as handle:
+        if handle.read(2) == b"PK" and not zipfile.is_zipfile(path):
+            return "an incomplete zip archive (a truncated copy or download?)"
+    return lines[0] if lines else type(exc).__name__
+
+
+def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     """The ``tumsyn_bids`` record of a checkpoint (name, intended use, heads, sampling, ...).
 
-    ``{}`` when the file records nothing (the official weights) or is not a zip-format torch
-    file. An object tree holding classes outside the checkpoint formats' few (an optimizer's
-    state, say) is read with torch's own weights-only loader instead. Raises
-    :class:`CheckpointError` when the file is missing or cannot be read.
+    ``{}`` when the file records nothing (the official weights). Zip-format torch files are
+    read without torch (tensors are never loaded); an object tree holding classes outside the
+    checkpoint formats' few (an optimizer's state, say), and legacy-format files, go through
+    :func:`read_checkpoint`. Raises :class:`CheckpointError` when the file is missing or
+    cannot be read.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):
-        return {}
     try:
+        if not zipfile.is_zipfile(path):
+            raise pickle.UnpicklingError("not a zip-format torch file")
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
             if not names:
@@ -85,8 +126,6 @@ def recorded_metadata(path: str | Path) -> dict[str, Any]:
     except CheckpointError:
         raise
     except pickle.UnpicklingError:
-        from .checkpoints import read_checkpoint  # torch's weights-only loader
-
         obj = read_checkpoint(path)
     except Exception as exc:  # truncated archives, foreign pickles
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
@@ -103,5 +142,5 @@ def training_patch_size(path: str | Path) -> int | None:
     its output (the bundled demo model, trained on 20-voxel patches, loses 3 dB on 60-voxel
     ones). ``None`` for checkpoints that do not record it, such as the official weights.
     """
-    size = (recorded_metadata(path).get("sampling") or {}).get("lr_size")
+    size = (checkpoint_metadata(path).get("sampling") or {}).get("lr_size")
     return int(size) if size else None

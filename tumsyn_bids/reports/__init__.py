@@ -9,13 +9,12 @@ network, so a report opens from a file system, an archive or an air-gapped clust
 
 from .collect import OutputRecord, collect_subject, list_subjects
 from .group import build_group_report
-from .html import build_subject_report, build_subject_reports
+from .html import build_subject_report
 
 __all__ = [
     "OutputRecord",
     "build_group_report",
     "build_subject_report",
-    "build_subject_reports",
     "collect_subject",
     "list_subjects",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..bids.derivatives import DESC_PREFIX, RAW_LINK, subject_log_dir
+from ..bids.names import DESC_PREFIX, RAW_LINK, subject_log_dir
 
 _BIDS_URI = re.compile(rf"^bids:{RAW_LINK}:(?P<path>.+)$")
 _SUBJECT_DIR = re.compile(r"^sub-(?P<label>[A-Za-z0-9]+)$")

@@ -19,6 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..bids.io import temporary_name
 from .masks import brain_mask, robust_window
 
 #: Views as (name, RAS axis the slices cut).
@@ -123,7 +124,7 @@ def compare_figure(
     fig.subplots_adjust(left=0.1, right=0.99, top=0.97, bottom=0.01, wspace=0.02, hspace=0.12)
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
+    tmp = out.with_name(temporary_name(out))  # names its writer: see tumsyn_bids.bids.io
     fig.savefig(tmp, dpi=dpi, facecolor="black")
     os.replace(tmp, out)
     return out

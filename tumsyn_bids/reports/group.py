@@ -19,7 +19,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ..bids.derivatives import atomic_write_text, update_bidsignore
+from ..bids.dataset import update_bidsignore
+from ..bids.io import atomic_write_text
 from .collect import OutputRecord, collect_subject, dataset_participants, list_subjects
 from .html import REPORT_IGNORE, e, figure_relpath, href, input_dir, page
 

@@ -19,7 +19,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 from .. import __version__
-from ..bids.derivatives import atomic_write_text, update_bidsignore
+from ..bids.dataset import update_bidsignore
+from ..bids.io import atomic_write_text
 from .collect import OutputRecord, collect_subject, crash_files
 from .figures import compare_figure
 
@@ -245,12 +246,3 @@ def build_subject_report(
             body.append(output_section(record, make_figure(root, record, source_root)))
     update_bidsignore(root, REPORT_IGNORE)
     return atomic_write_text(root / f"sub-{subject}.html", page(f"sub-{subject}", body))
-
-
-def build_subject_reports(
-    output_dir: str | os.PathLike[str],
-    subjects: Iterable[str],
-    bids_dir: str | os.PathLike[str] | None = None,
-) -> list[Path]:
-    """:func:`build_subject_report` for each subject, in order."""
-    return [build_subject_report(output_dir, s, bids_dir) for s in subjects]

@@ -28,15 +28,13 @@ from .anatomy import (
     load_template,
     template_tissue_maps,
 )
-from .dataset import (
-    DEFAULT_MODALITIES,
+from .dataset import DEFAULT_MODALITIES, subject_labels, write_simulated_dataset
+from .ground_truth import (
     SimulatedScan,
     brain_mask,
     load_tissue_maps,
     render_ground_truth,
     simulated_scans,
-    subject_labels,
-    write_simulated_dataset,
 )
 from .protocols import ScanProtocol, sample_protocol
 from .signal import (

@@ -128,18 +128,6 @@ class TissueMaps:
         """Voxels that are at least ``threshold`` brain tissue or CSF (boolean)."""
         return (self.gm + self.wm + self.csf) >= threshold
 
-    def to_images(self) -> dict[str, nib.Nifti1Image]:
-        """One float32 NIfTI image per tissue class, on this grid."""
-        return {t: _float_image(self.fractions()[t], self.affine) for t in TISSUES}
-
-
-def _float_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    return img
-
 
 def template_path(name: str) -> Path:
     """Path of one of nilearn's bundled ICBM152 files (``name``: ``gm``, ``wm`` or ``t1``).

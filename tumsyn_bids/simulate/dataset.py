@@ -1,4 +1,4 @@
-"""Write a simulated multi-contrast BIDS dataset, and read its ground truth back.
+"""Write a simulated multi-contrast BIDS dataset (read back with :mod:`.ground_truth`).
 
 Layout of a dataset written by :func:`write_simulated_dataset`::
 
@@ -15,9 +15,9 @@ Layout of a dataset written by :func:`write_simulated_dataset`::
         sub-01/anat/sub-01_desc-brain_mask.nii.gz     GM + WM + CSF >= 0.5
 
 The tissue maps are the *exact* anatomy every scan was rendered from, on the scans' grid (same
-shape, same affine), so :func:`render_ground_truth` gives the noise-free, bias-free image of any
-protocol, which is what synthesised images can be scored against. For the protocol a scan was
-acquired with, that image is the scan minus its bias field and noise.
+shape, same affine), so :func:`~.ground_truth.render_ground_truth` gives the noise-free,
+bias-free image of any protocol, which is what synthesised images can be scored against. For the
+protocol a scan was acquired with, that image is the scan minus its bias field and noise.
 
 Everything is deterministic: the same arguments give byte-identical files (gzip without time
 stamps, sorted JSON). The dataset is written into a hidden temporary folder next to the output
@@ -34,7 +34,6 @@ import secrets
 import shutil
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +41,15 @@ import nibabel as nib
 import numpy as np
 
 from .. import __version__
-from ..bids.derivatives import atomic_save_nifti, atomic_write_json, atomic_write_text
-from ..prompts import Protocol, protocol_from_sidecar
+from ..bids.io import atomic_save_nifti, atomic_write_json, atomic_write_text
 from .anatomy import (
     FRACTION_LEVELS,
     TEMPLATE_NAME,
     TEMPLATE_NOTICE,
     TEMPLATE_REFERENCES,
-    TissueMaps,
-    dequantize_fractions,
 )
 from .protocols import sample_protocol
-from .signal import SUFFIXES, render
+from .signal import SUFFIXES
 from .subject import SimulatedSubject, _finish_header, draw_subject
 from .tissues import TISSUES
 
@@ -62,11 +58,7 @@ __all__ = [
     "DEFAULT_MODALITIES",
     "DERIVATIVES_RELPATH",
     "GENERATOR",
-    "SimulatedScan",
-    "brain_mask",
-    "load_tissue_maps",
-    "render_ground_truth",
-    "simulated_scans",
+    "anat_dir",
     "subject_labels",
     "write_simulated_dataset",
 ]
@@ -117,8 +109,9 @@ def _strip(label: str, prefix: str) -> str:
     return label[len(prefix) :] if label.startswith(prefix) else label
 
 
-def _anat_dir(root: Path, subject: str, session: str | None) -> tuple[Path, str]:
-    """The ``anat`` folder and file-name stem of a subject (and session)."""
+def anat_dir(root: Path, subject: str, session: str | None) -> tuple[Path, str]:
+    """The ``anat`` folder and file-name stem (``sub-01_ses-1``) of a subject (and session);
+    labels may carry their ``sub-``/``ses-`` prefix."""
     sub = f"sub-{_strip(subject, 'sub-')}"
     if session is None:
         return root / sub / "anat", sub
@@ -277,7 +270,7 @@ def _write_subject(
     derivatives: bool,
     runs: int = 1,
 ) -> None:
-    anat, stem = _anat_dir(root, subject.label, None)
+    anat, stem = anat_dir(root, subject.label, None)
     for suffix in modalities:
         for run in range(runs):
             drawn = sample_protocol(
@@ -291,7 +284,7 @@ def _write_subject(
             atomic_save_nifti(img, anat / f"{name}.nii.gz")
             atomic_write_json(anat / f"{name}.json", drawn.sidecar)
     if derivatives:
-        danat, dstem = _anat_dir(root / DERIVATIVES_RELPATH, subject.label, None)
+        danat, dstem = anat_dir(root / DERIVATIVES_RELPATH, subject.label, None)
         levels = subject.tissue_levels(voxel_size)
         maps = subject.tissue_maps(voxel_size)
         sources = []
@@ -461,118 +454,3 @@ def _replace_folder(staging: Path, root: Path, token: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, root)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading back: scans, tissue maps, ground truth
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SimulatedScan:
-    """One scan of a simulated dataset with its exact protocol (voxel size included)."""
-
-    subject: str
-    session: str | None
-    suffix: str
-    path: Path
-    protocol: Protocol
-
-
-def simulated_scans(dataset_dir: str | os.PathLike[str]) -> list[SimulatedScan]:
-    """Every scan of a dataset written by :func:`write_simulated_dataset`, sorted by path."""
-    root = Path(dataset_dir)
-    pattern = re.compile(
-        r"^sub-([A-Za-z0-9]+)(?:_ses-([A-Za-z0-9]+))?(?:_run-[0-9]+)?_([A-Za-z0-9]+)\.nii\.gz$"
-    )
-    scans = []
-    for path in sorted(root.glob("sub-*/**/anat/*.nii.gz")):
-        match = pattern.match(path.name)
-        if not match or match.group(3) not in SUFFIXES:
-            continue
-        sidecar = json.loads(path.with_name(path.name[: -len(".nii.gz")] + ".json").read_text())
-        zooms = tuple(float(z) for z in nib.load(path).header.get_zooms()[:3])
-        scans.append(
-            SimulatedScan(
-                subject=match.group(1),
-                session=match.group(2),
-                suffix=match.group(3),
-                path=path,
-                protocol=protocol_from_sidecar(sidecar, zooms),
-            )
-        )
-    return scans
-
-
-def _derivative_anat(
-    dataset_dir: str | os.PathLike[str], subject: str, session: str | None
-) -> tuple[Path, str]:
-    return _anat_dir(Path(dataset_dir) / DERIVATIVES_RELPATH, subject, session)
-
-
-def load_tissue_maps(
-    dataset_dir: str | os.PathLike[str], subject: str, session: str | None = None
-) -> TissueMaps:
-    """A subject's stored tissue fractions, exactly as its scans were rendered from them."""
-    anat, stem = _derivative_anat(dataset_dir, subject, session)
-    levels: dict[str, np.ndarray] = {}
-    affine = None
-    for tissue in TISSUES:
-        path = anat / f"{stem}_label-{tissue}_probseg.nii.gz"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} is missing: was the dataset written with derivatives (the default)?"
-            )
-        img = nib.load(path)
-        affine = img.affine if affine is None else affine
-        if img.get_data_dtype() == np.uint8:
-            levels[tissue] = np.asarray(img.dataobj.get_unscaled())
-        else:  # not our encoding: take the fractions as stored
-            levels[tissue] = np.asarray(img.get_fdata(dtype=np.float32)) * FRACTION_LEVELS
-    return dequantize_fractions(levels, affine)
-
-
-def brain_mask(
-    dataset_dir: str | os.PathLike[str], subject: str, session: str | None = None
-) -> nib.Nifti1Image:
-    """A subject's stored brain mask (uint8 0/1) on the grid of its scans."""
-    anat, stem = _derivative_anat(dataset_dir, subject, session)
-    path = anat / f"{stem}_desc-brain_mask.nii.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing")
-    return nib.load(path)
-
-
-def _subject_field(root: Path, subject: str, session: str | None) -> float | None:
-    anat, _ = _anat_dir(root, subject, session)
-    for sidecar in sorted(anat.glob("*.json")):
-        value = json.loads(sidecar.read_text()).get("MagneticFieldStrength")
-        if value is not None:
-            return float(value)
-    return None
-
-
-def render_ground_truth(
-    dataset_dir: str | os.PathLike[str],
-    subject: str,
-    protocol: Protocol | Mapping[str, Any],
-    suffix: str,
-    session: str | None = None,
-) -> nib.Nifti1Image:
-    """The noise-free, bias-free ``suffix`` image of ``protocol`` for a simulated subject.
-
-    ``protocol`` is a :class:`~tumsyn_bids.prompts.Protocol` or a BIDS sidecar dictionary
-    (read with :func:`tumsyn_bids.prompts.protocol_from_sidecar`). Its
-    ``MagneticFieldStrength`` is used when given, otherwise the field of the subject's scans.
-    The image is float32 in the scans' units, on exactly the scans' grid (same affine).
-    """
-    if isinstance(protocol, Mapping):
-        protocol = protocol_from_sidecar(protocol)
-    maps = load_tissue_maps(dataset_dir, subject, session)
-    field = protocol.magnetic_field_strength
-    if field is None:
-        field = _subject_field(Path(dataset_dir), subject, session)
-    data = render(maps, protocol, suffix, field)
-    img = nib.Nifti1Image(data, maps.affine)
-    _finish_header(img, maps.affine, f"tumsyn-simulate ground truth {suffix}")
-    return img

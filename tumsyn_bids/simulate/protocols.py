@@ -30,7 +30,7 @@ angle 3-D TSE (SPACE, CUBE, VISTA) as the word ``"T2var"``, but BIDS requires ``
 be a number. The sidecar therefore holds the nominal refocusing angle, ``"FlipAngle": 120`` (as
 dcm2niix writes for SPACE), with ``"MRAcquisitionType": "3D"`` and the vendor's sequence name in
 ``"PulseSequenceType"`` (``SPACE``, ``CUBE`` or ``VISTA``), all validator-clean standard fields.
-:func:`tumsyn_bids.prompts.protocol_from_sidecar` reads such a sidecar back as
+:func:`tumsyn_bids.prompts.protocol.protocol_from_sidecar` reads such a sidecar back as
 ``flip_angle="T2var"``, as it does for real SPACE/CUBE/VISTA scans, so the BIDS App, the
 training commands and the ground truth all see the exact protocol that was simulated.
 """
@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ..prompts import Protocol
+from ..prompts.protocol import Protocol
 from .signal import SUFFIXES, T2VAR
 from .tissues import tissue_parameters
 

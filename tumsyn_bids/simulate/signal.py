@@ -28,9 +28,9 @@ Which equation a scan gets depends on the BIDS suffix and the protocol (:func:`s
               see :func:`mprage`.
 ============  ================================================================================
 
-Protocols use BIDS units, seconds and degrees (:class:`tumsyn_bids.prompts.Protocol`). Images are
-in arbitrary "scanner units": :data:`SIGNAL_SCALE` is the signal of pure water (PD 1) at full
-relaxation, zero echo time and a 90 degree excitation.
+Protocols use BIDS units, seconds and degrees (:class:`tumsyn_bids.prompts.protocol.Protocol`).
+Images are in arbitrary "scanner units": :data:`SIGNAL_SCALE` is the signal of pure water (PD 1)
+at full relaxation, zero echo time and a 90 degree excitation.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..prompts import T2VAR, Protocol
+from ..prompts.protocol import T2VAR, Protocol
 from .tissues import TISSUES, TissueParameters, tissue_parameters
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ Each subject's anatomy is the ICBM152 template (:mod:`.anatomy`) pulled through 
 Age and sex are demographic labels for the prompts (``participants.tsv``); apart from the head
 size they do not change the anatomy (no ageing model).
 
-A scan (:meth:`SimulatedSubject.acquire`) renders the noise-free image of a protocol
+A scan (:meth:`SimulatedSubject.encoded_scan`) renders the noise-free image of a protocol
 (:func:`.signal.render`), multiplies it by a smooth bias field (:data:`BIAS_AMPLITUDE`: up to
 about +-16 %, wavelengths of 150-400 mm) and adds Rician noise: the magnitude of the complex
 signal plus complex Gaussian noise of standard deviation ``sigma = mean brain signal / snr``.
@@ -38,7 +38,7 @@ from functools import cached_property
 import nibabel as nib
 import numpy as np
 
-from ..prompts import Protocol
+from ..prompts.protocol import Protocol
 from .anatomy import (
     TissueMaps,
     dequantize_fractions,
@@ -270,33 +270,6 @@ class SimulatedSubject:
         self.tissue_levels(voxel_size)
         return self._cache[round(float(voxel_size), 6)][1]
 
-    def ground_truth(self, protocol: Protocol, suffix: str, voxel_size: float) -> nib.Nifti1Image:
-        """The noise-free, bias-free image (float32) of ``protocol`` on this subject's grid.
-
-        The protocol's own field strength wins; without one the subject's scanner is used.
-        """
-        maps = self.tissue_maps(voxel_size)
-        data = render(maps, protocol, suffix, self._field(protocol))
-        return _image(data, maps.affine, f"tumsyn-simulate ground truth {suffix}")
-
-    def acquire(
-        self,
-        protocol: Protocol,
-        suffix: str,
-        voxel_size: float,
-        snr: float,
-        *,
-        run: int = 0,
-    ) -> nib.Nifti1Image:
-        """A simulated scan: ground truth x bias field, plus Rician noise.
-
-        The image is int16 with a ``scl_slope``, read back from its file bytes so that
-        ``get_fdata()`` returns the scaled values (an in-memory int16 array would ignore the
-        slope). ``run`` distinguishes repeated scans of one suffix (it seeds bias and noise).
-        """
-        encoded = self.encoded_scan(protocol, suffix, voxel_size, snr, run=run)
-        return nib.Nifti1Image.from_bytes(encoded.to_bytes())
-
     def encoded_scan(
         self,
         protocol: Protocol,
@@ -306,10 +279,15 @@ class SimulatedSubject:
         *,
         run: int = 0,
     ) -> nib.Nifti1Image:
-        """:meth:`acquire`'s image as written to disk: an in-memory int16 array + header slope.
+        """A simulated scan (ground truth x bias field, plus Rician noise) as written to disk.
 
-        Saving this image reproduces the bytes exactly; saving the image :meth:`acquire`
-        returns makes nibabel re-encode it. Its ``get_fdata()`` ignores the slope.
+        The image is an in-memory int16 array with a ``scl_slope`` in its header. Saving it
+        reproduces the bytes exactly, but its ``get_fdata()`` ignores the slope: to read the
+        scaled values, load it back from its bytes (``nib.Nifti1Image.from_bytes(img.to_bytes())``).
+        ``run`` distinguishes repeated scans of one suffix (it seeds bias and noise). The
+        protocol's own field strength wins; without one the subject's scanner is used.
+
+        Raises ``ValueError`` unless ``snr`` > 0.
         """
         if not snr > 0:
             raise ValueError(f"snr must be positive, got {snr!r}")
@@ -356,12 +334,6 @@ def draw_subject(label: str, seed: int, **overrides: object) -> SimulatedSubject
     return SimulatedSubject(label=label, seed=int(seed), **values)  # type: ignore[arg-type]
 
 
-def _image(data: np.ndarray, affine: np.ndarray, description: str) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
-    _finish_header(img, affine, description)
-    return img
-
-
 def _finish_header(img: nib.Nifti1Image, affine: np.ndarray, description: str) -> None:
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = description.encode()[:79]
@@ -374,7 +346,7 @@ def scan_image(
 ) -> nib.Nifti1Image:
     """A non-negative image as int16 with a ``scl_slope`` that keeps its scanner units.
 
-    The result is meant for saving (``to_bytes``, :func:`~tumsyn_bids.bids.derivatives.
+    The result is meant for saving (``to_bytes``, :func:`~tumsyn_bids.bids.io.
     atomic_save_nifti`): like any in-memory int16 image, its ``get_fdata()`` ignores the slope.
 
     Scanners write integers; the slope (intercept 0) makes the stored values read back as the

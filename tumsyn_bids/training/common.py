@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..bids.layout import index_anatomical
-from ..model.checkpoints import EXTRA_KEY, CheckpointError
+from ..model.errors import CheckpointError
+from ..model.metadata import EXTRA_KEY
 from .config import CommonConfig
 from .data import TrainingImage, training_images
 from .distributed import DistributedContext

@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..bids.layout import ScanIndex, ScanRecord
+from ..bids.records import ScanIndex, ScanRecord
 from ..model.inference import percentile_normalise
 from ..model.volume import load_volume, to_model_order
 

@@ -46,14 +46,6 @@ class DistributedContext:
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
 
-    def broadcast_object(self, obj):
-        """Rank 0's ``obj`` on every rank (e.g. a decision read from disk)."""
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     @property
     def _reduce_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
@@ -64,11 +56,6 @@ class DistributedContext:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare module inside a DistributedDataParallel wrapper (checkpoints save its keys)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def init_distributed(device: str = "auto") -> DistributedContext:

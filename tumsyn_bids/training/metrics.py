@@ -46,9 +46,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``.jsonl`` metrics file (for tests and the evaluation report)."""
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]

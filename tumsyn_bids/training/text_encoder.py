@@ -37,7 +37,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .. import __version__
-from ..model.checkpoints import EXTRA_KEY
 from ..model.clip import (
     ContrastiveModel,
     ImageTowerConfig,
@@ -47,6 +46,7 @@ from ..model.clip import (
     feature_grid,
 )
 from ..model.inference import InputImageError
+from ..model.metadata import EXTRA_KEY
 from ..model.text_encoder import TextEncoderConfig
 from ..model.tokenizer import CONTEXT_LENGTH, PromptTooLongError, tokenize
 from .common import (

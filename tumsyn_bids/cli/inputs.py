@@ -123,7 +123,7 @@ def open_dataset(config: RunConfig) -> BIDSLayout | None:
 
 def write_participant_list(config: RunConfig, plan: pd.DataFrame) -> int:
     """``--list-participants``: the plan's participant labels, one per line; 66 when none."""
-    from ..bids.derivatives import atomic_write_text
+    from ..bids.io import atomic_write_text
 
     labels = sorted(set(plan["subject"])) if len(plan) else []
     if not labels:
