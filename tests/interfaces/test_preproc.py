@@ -153,6 +153,16 @@ def test_apply_mask_and_summary(tmp_path: Path) -> None:
     assert json.loads(Path(nothing.out_file).read_text())["SkullStripped"] is False
 
 
+def test_n4_fits_on_about_6mm_voxels() -> None:
+    from tumsyn_bids.preproc.inu import shrink_factor_for
+
+    assert shrink_factor_for((1.0, 1.0, 1.0)) == 6
+    assert shrink_factor_for((2.0, 2.0, 2.0)) == 3
+    assert shrink_factor_for((0.8, 0.8, 0.8)) == 8
+    assert shrink_factor_for((0.9, 0.9, 3.0)) == 7  # the finest axis decides
+    assert shrink_factor_for((12.0, 12.0, 12.0)) == 1
+
+
 def test_n4_refuses_negative_images(tmp_path: Path) -> None:
     img = _ball_image()
     neg = _store(

@@ -231,7 +231,7 @@ class BrainMask(SimpleInterface):
 class _N4CorrectInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="image to correct")
     mask_file = File(exists=True, desc="mask of the fit (brain mask); all voxels when absent")
-    shrink_factor = traits.Int(4, usedefault=True, desc="shrink per axis for the fit")
+    shrink_factor = traits.Int(desc="shrink per axis for the fit (default: to about 6 mm)")
     iterations = traits.List(
         traits.Int, value=[50, 50, 50, 50], usedefault=True, desc="iterations per fitting level"
     )
@@ -260,7 +260,9 @@ class N4Correct(SimpleInterface):
         corrected, bias = n4_correct(
             img,
             mask,
-            shrink_factor=self.inputs.shrink_factor,
+            shrink_factor=self.inputs.shrink_factor
+            if isdefined(self.inputs.shrink_factor)
+            else None,
             iterations=tuple(self.inputs.iterations),
             convergence_threshold=self.inputs.convergence_threshold,
             threads=self.inputs.num_threads,

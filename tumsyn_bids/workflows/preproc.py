@@ -20,7 +20,7 @@ from ..interfaces.preproc import (
     PreprocSummary,
     ToSourceGrid,
 )
-from ..preproc.inu import N4_SETTINGS
+from ..preproc.inu import FIT_SPACING_MM, N4_SETTINGS
 
 __all__ = ["PREPROC_MODES", "REFERENCES", "init_preproc_wf"]
 
@@ -96,11 +96,10 @@ def _describe(source_suffix: str, skull_strip_source: str, inu: bool, preproc: s
             )
         text.append(how + ".")
     if inu:
-        shrink = N4_SETTINGS["shrink_factor"]
         text.append(
             "Intensity non-uniformity was corrected with N4 [@n4] from ANTs [@ants] through "
-            f"ANTsPy {version('antspyx')}, fit within the brain mask on the image shrunk "
-            f"{shrink}-fold per axis."
+            f"ANTsPy {version('antspyx')}, fit within the brain mask on the image shrunk to "
+            f"voxels of about {FIT_SPACING_MM:g} mm."
         )
     text.append("Voxels outside the brain mask were set to zero before synthesis.")
     return " ".join(text)
@@ -248,7 +247,6 @@ def init_preproc_wf(
     if inu:
         n4 = pe.Node(
             N4Correct(
-                shrink_factor=N4_SETTINGS["shrink_factor"],
                 iterations=list(N4_SETTINGS["iterations"]),
                 convergence_threshold=N4_SETTINGS["convergence_threshold"],
                 num_threads=omp_nthreads,
