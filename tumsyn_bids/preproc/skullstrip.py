@@ -18,6 +18,7 @@ bit for bit (checked by the tests); the CPU is the default even when a GPU is pr
 
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import version
 
 import nibabel as nib
@@ -68,7 +69,9 @@ def deepbet_mask(
     try:
         if threads:
             torch.set_num_threads(int(threads))
-        extractor = BrainExtraction(no_gpu=device == "cpu")
+        with warnings.catch_warnings():  # deepbet loads TorchScript, which torch deprecates
+            warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+            extractor = BrainExtraction(no_gpu=device == "cpu")
         _, mask_img, _ = extractor.run(plain, threshold=float(threshold))
     finally:
         torch.set_num_threads(previous)

@@ -116,16 +116,18 @@ def init_preproc_wf(
 ) -> pe.Workflow:
     """Preprocess one anatomical source image into the network's input, with its brain mask.
 
-    Workflow graph (``preproc="full"``; N4 only with ``inu=True``)::
+    Workflow graph (``preproc="full"``; the ``n4`` node only with ``inu=True``)::
 
-        inputnode.source_file ─► conform ─► brain_mask ─► n4 ─► apply_mask ─► brain_file
-                                   │           ▲    │      │
-        inputnode.t1w_file ────────┼───────────┘    │      └─► bias_file, preproc_file
-        inputnode.t1w_mask ────────┼───────────┘    ├─► mask_file
-                                   │                └─► mask_to_source ─► mask_source
-                                   └─► orientation            ▲
-        inputnode.source_file ────────────────────────────────┘ (reference grid)
-        brain_mask, conform ─► summary ─► summary, warnings, skull_stripped
+        source_file ──► conform ──► brain_mask ──► n4 ──► apply_mask ──► brain_file
+        t1w_file ───────────────────┤  │  │         │
+        t1w_mask ───────────────────┘  │  │         └──► preproc_file, bias_file
+                                       │  └──► mask_file
+                        conform ───────┴──► mask_to_source ──► mask_source
+        source_file (reference grid) ──────┘
+        conform, brain_mask ──► summary ──► summary, warnings, skull_stripped
+        conform ──► orientation
+
+    (n4 and apply_mask read conform's image; n4 and apply_mask read brain_mask's mask.)
 
     1. **conform** (:class:`~tumsyn_bids.interfaces.preproc.Conform`): float32, RAS+ voxel
        order by permutations and flips only; the orientation record maps back exactly.
@@ -226,7 +228,7 @@ def init_preproc_wf(
         BrainMask(suffix=source_suffix, mode=skull_strip_source, num_threads=omp_nthreads),
         name="brain_mask",
         n_procs=omp_nthreads,
-        mem_gb=3.0,
+        mem_gb=1.5,  # deepbet peaked at 1.1 GB on a 1 mm head
     )
     apply_mask = pe.Node(ApplyMask(), name="apply_mask")
     mask_to_source = pe.Node(ToSourceGrid(dtype="uint8"), name="mask_to_source")
@@ -253,7 +255,7 @@ def init_preproc_wf(
             ),
             name="n4",
             n_procs=omp_nthreads,
-            mem_gb=1.5,
+            mem_gb=1.0,  # 0.65 GB peak on a 1 mm head
         )
         wf.connect([
             (conform, n4, [("out_file", "in_file")]),
