@@ -150,7 +150,7 @@ class _BrainMaskInputSpec(BaseInterfaceInputSpec):
     )
     t1w_file = File(exists=True, desc="a T1w image of the same session (non-T1w sources)")
     t1w_mask = File(exists=True, desc="the brain mask of t1w_file, on t1w_file's grid")
-    num_threads = traits.Int(1, usedefault=True, desc="CPU threads (torch, ITK)")
+    num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads of deepbet")
 
 
 class _BrainMaskOutputSpec(TraitedSpec):
@@ -196,12 +196,7 @@ class BrainMask(SimpleInterface):
 
             if not isdefined(inputs.t1w_file):
                 raise ValueError("t1w_mask was given without the t1w_file it was drawn on")
-            mask, how = transfer_mask(
-                nib.load(inputs.t1w_mask),
-                nib.load(inputs.t1w_file),
-                img,
-                threads=inputs.num_threads,
-            )
+            mask, how = transfer_mask(nib.load(inputs.t1w_mask), nib.load(inputs.t1w_file), img)
             method = f"t1w-{how}"
         else:
             from ..preproc.skullstrip import NON_T1W_WARNING, deepbet_mask
@@ -236,7 +231,6 @@ class _N4CorrectInputSpec(BaseInterfaceInputSpec):
         traits.Int, value=[50, 50, 50, 50], usedefault=True, desc="iterations per fitting level"
     )
     convergence_threshold = traits.Float(1e-7, usedefault=True)
-    num_threads = traits.Int(1, usedefault=True, desc="ITK threads")
 
 
 class _N4CorrectOutputSpec(TraitedSpec):
@@ -245,7 +239,10 @@ class _N4CorrectOutputSpec(TraitedSpec):
 
 
 class N4Correct(SimpleInterface):
-    """N4 intensity non-uniformity correction with ANTsPy (:mod:`tumsyn_bids.preproc.inu`)."""
+    """N4 intensity non-uniformity correction with ANTsPy (:mod:`tumsyn_bids.preproc.inu`).
+
+    Single-threaded in a child process, so its output does not depend on the machine.
+    """
 
     input_spec = _N4CorrectInputSpec
     output_spec = _N4CorrectOutputSpec
@@ -265,7 +262,6 @@ class N4Correct(SimpleInterface):
             else None,
             iterations=tuple(self.inputs.iterations),
             convergence_threshold=self.inputs.convergence_threshold,
-            threads=self.inputs.num_threads,
         )
         self._results["out_file"] = _save(
             _like(corrected, img, np.float32),

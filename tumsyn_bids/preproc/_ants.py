@@ -3,17 +3,23 @@
 ANTsPy works in ITK's LPS+ physical space; :func:`ants.from_nibabel_nifti` converts a NIfTI
 affine into ITK's origin, spacing and direction, and ``ANTsImage.numpy()`` gives the voxels back
 in the same (i, j, k) order nibabel uses, so results are written with nibabel on the input's own
-header. ANTsPy is imported here, on first use, not when :mod:`tumsyn_bids.preproc` is imported.
+header. ANTsPy is imported on first use, not when :mod:`tumsyn_bids.preproc` is imported, and
+ANTs runs single-threaded in a child process (:func:`single_threaded`) so that its results do
+not depend on the machine.
 """
 
 from __future__ import annotations
 
-import contextlib
+import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
 
 import nibabel as nib
 import numpy as np
+
+T = TypeVar("T")
 
 #: Seed of ANTs' random sampling (registration metrics); ANTs reads ``ANTS_RANDOM_SEED``.
 ANTS_SEED = 20250101
@@ -41,25 +47,21 @@ def to_ants(img: nib.spatialimages.SpatialImage, data: np.ndarray | None = None)
     return ants.from_nibabel_nifti(plain)
 
 
-@contextlib.contextmanager
-def ants_environment(threads: int | None = None, seed: int | None = ANTS_SEED) -> Iterator[None]:
-    """Run ANTs with ``threads`` ITK threads and a fixed random seed, restoring the environment.
+def _call_single_threaded(fn: Callable[..., T], args: tuple) -> T:
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    os.environ["ANTS_RANDOM_SEED"] = str(ANTS_SEED)
+    return fn(*args)
 
-    ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when a filter is created, and
-    ``antsRegistration`` reads ``ANTS_RANDOM_SEED`` when no seed is given on its command line
-    (ANTsPy passes none unless its global deterministic mode is on).
+
+def single_threaded(fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` in a fresh process with one ITK thread and ANTs' fixed seed; its result.
+
+    ANTs' results depend on the thread count (N4 differs between 1 and 2 threads; with more than
+    one, antsRegistration differs from run to run), and ITK reads its thread count only once
+    per process, at first use. A spawned child with ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``
+    gives the same bytes on every run and machine. ``fn`` must be a module-level function and
+    ``args`` picklable (numpy arrays, not file-backed images).
     """
-    keys = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "ANTS_RANDOM_SEED")
-    saved = {key: os.environ.get(key) for key in keys}
-    try:
-        if threads:
-            os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
-        if seed is not None:
-            os.environ["ANTS_RANDOM_SEED"] = str(int(seed))
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(_call_single_threaded, fn, args).result()

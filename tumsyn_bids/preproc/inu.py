@@ -37,7 +37,7 @@ from types import MappingProxyType
 import nibabel as nib
 import numpy as np
 
-from ._ants import ants_environment, to_ants
+from ._ants import single_threaded, to_ants
 
 __all__ = ["FIT_SPACING_MM", "N4_SETTINGS", "n4_correct", "shrink_factor_for"]
 
@@ -56,6 +56,27 @@ def shrink_factor_for(zooms) -> int:
     return max(1, int(round(FIT_SPACING_MM / float(min(zooms)))))
 
 
+def _n4_field(
+    image: tuple[np.ndarray, np.ndarray],
+    mask: np.ndarray | None,
+    shrink_factor: int,
+    iterations: tuple[int, ...],
+    convergence_threshold: float,
+) -> np.ndarray:
+    """N4's bias field of ``image`` (a ``(data, affine)`` pair); run via ``single_threaded``."""
+    import ants
+
+    img = nib.Nifti1Image(image[0], image[1])
+    bias = ants.n4_bias_field_correction(
+        to_ants(img),
+        mask=None if mask is None else to_ants(img, mask.astype(np.float32)),
+        shrink_factor=int(shrink_factor),
+        convergence={"iters": list(iterations), "tol": float(convergence_threshold)},
+        return_bias_field=True,
+    )
+    return np.asarray(bias.numpy(), dtype=np.float32)
+
+
 def n4_correct(
     img: nib.spatialimages.SpatialImage,
     mask: np.ndarray | None = None,
@@ -63,17 +84,17 @@ def n4_correct(
     shrink_factor: int | None = None,
     iterations: tuple[int, ...] = N4_SETTINGS["iterations"],
     convergence_threshold: float = N4_SETTINGS["convergence_threshold"],
-    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """N4-correct a 3-D image; return ``(corrected, bias)``, float32 arrays on ``img``'s grid.
 
     ``mask`` (boolean, the image's shape) restricts the fit to the brain (or head); None fits
     over every voxel. ``corrected = data / bias`` everywhere; ``bias`` is the multiplicative
     field N4 estimated (about 1 where the image needs no correction, up to a global scale).
-    ``shrink_factor`` None takes :func:`shrink_factor_for` the image's voxel size.
-    ``threads`` sets ITK's thread count (effective when set before ANTs' first use in the
-    process). Raises ``ValueError`` for a mask of another shape or an empty mask, and for
-    images with negative values (N4 works on log intensities).
+    ``shrink_factor`` None takes :func:`shrink_factor_for` the image's voxel size. N4 runs with
+    one ITK thread in a child process (its result depends on the thread count otherwise), so
+    the output is the same on every run and machine. Raises ``ValueError`` for a mask of
+    another shape or an empty mask, and for images with negative values (N4 works on log
+    intensities).
     """
     data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(img.shape[:3])
     if np.nanmin(data) < 0:
@@ -84,21 +105,12 @@ def n4_correct(
             raise ValueError(f"mask shape {mask.shape} differs from the image's {data.shape}")
         if not mask.any():
             raise ValueError("the N4 mask is empty")
-    import ants
-
     if shrink_factor is None:
         shrink_factor = shrink_factor_for(img.header.get_zooms()[:3])
-    with ants_environment(threads):
-        image = to_ants(img, data)
-        ants_mask = None if mask is None else to_ants(img, mask.astype(np.float32))
-        bias = ants.n4_bias_field_correction(
-            image,
-            mask=ants_mask,
-            shrink_factor=int(shrink_factor),
-            convergence={"iters": list(iterations), "tol": float(convergence_threshold)},
-            return_bias_field=True,
-        )
-    field = np.asarray(bias.numpy(), dtype=np.float32)
+    image = (data, np.asarray(img.affine))
+    field = single_threaded(
+        _n4_field, image, mask, int(shrink_factor), tuple(iterations), convergence_threshold
+    )
     # N4 writes its corrected image as input / field; one call gives both (ANTsPy returns one).
     corrected = np.divide(data, field, out=np.zeros_like(data), where=field > 0)
     return corrected.astype(np.float32), field

@@ -155,7 +155,8 @@ def init_preproc_wf(
     preproc
         ``--preproc``: ``full`` or ``none``.
     omp_nthreads
-        CPU threads of the deepbet, registration and N4 nodes (torch / ITK threads).
+        torch CPU threads of the brain-mask node (deepbet). ANTs (N4, registration) always
+        runs single-threaded, in a child process, so that its output is the same everywhere.
     name
         Workflow name.
 
@@ -251,10 +252,8 @@ def init_preproc_wf(
             N4Correct(
                 iterations=list(N4_SETTINGS["iterations"]),
                 convergence_threshold=N4_SETTINGS["convergence_threshold"],
-                num_threads=omp_nthreads,
             ),
             name="n4",
-            n_procs=omp_nthreads,
             mem_gb=1.0,  # 0.65 GB peak on a 1 mm head
         )
         wf.connect([
