@@ -29,10 +29,6 @@ def run_python(code: str, home: Path, *, prefix: tuple[str, ...] = (), timeout: 
 
 
 @pytest.fixture(scope="session")
-def packaged_home(tmp_path_factory) -> Path:
+def packaged_home(templateflow_home) -> Path:
     """A TemplateFlow home holding only what ``tumsyn-templates init`` writes (made once)."""
-    from tumsyn_bids.templates.packaged import init_home
-
-    home = tmp_path_factory.mktemp("templateflow")
-    init_home(home)
-    return home
+    return templateflow_home
