@@ -6,6 +6,8 @@
   ICBM 2009a symmetric atlas inside nilearn's wheel (``tumsyn-templates init``).
 - :mod:`.references` gives the template brain registration aims at, and the template's voxel
   grid at a resolution (the output grid of ``--output-spaces``).
+- :mod:`.spaces` reads ``--output-spaces`` values and gives the derivative's entities and
+  sidecar fields.
 
 None of them imports torch. See ``docs/templates.md``.
 """
