@@ -13,9 +13,10 @@ if [ -z "${TUMSYN_NO_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
         apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1 \
         || echo "chromium not installed: the browser test will be skipped" >&2
 fi
-# The Colin27 head (ch2.nii.gz, ch2bet.nii.gz) from Debian's mricron-data (16 MB) for the brain
-# extraction and registration tests, which skip without it. Best effort, root + apt only.
-if [ ! -f /usr/share/mricron/templates/ch2bet.nii.gz ] \
+# Colin27 from Debian's mricron-data (/usr/share/mricron/templates/ch2*.nii.gz, 16 MB) for the
+# brain-extraction tests (tests/colin27.py), which skip without it. Best effort, root + apt only,
+# TUMSYN_NO_MRICRON=1 opts out.
+if [ -z "${TUMSYN_NO_MRICRON:-}" ] && [ ! -f /usr/share/mricron/templates/ch2bet.nii.gz ] \
     && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends mricron-data; } >/dev/null 2>&1 \

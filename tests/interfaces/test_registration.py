@@ -159,3 +159,30 @@ def test_colin27_registers_to_the_template(tmp_path, templateflow_home):
     res2 = nib.load(node.outputs.out_file)
     assert res2.shape == (97, 115, 97) and np.allclose(np.diag(res2.affine)[:3], 2.0)
     assert "derived" in node.outputs.grid_source
+
+
+def blob(shape, centre, radii) -> np.ndarray:
+    grid = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
+    r2 = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
+    return (100.0 * np.exp(-r2) + 50.0 * (r2 < 1.0)).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_registration_reruns_give_identical_transforms(tmp_path):
+    # Fixed seed, one ITK thread: two runs of antsRegistration give the same result to the bit.
+    from tumsyn_bids.interfaces.registration import run_ants_registration
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    fixed, moving = tmp_path / "fixed.nii.gz", tmp_path / "moving.nii.gz"
+    nib.save(nib.Nifti1Image(blob((40, 44, 36), (20, 22, 18), (9, 11, 7)), affine), fixed)
+    nib.save(nib.Nifti1Image(blob((40, 44, 36), (22, 20, 17), (10, 10, 8)), affine), moving)
+    warped = []
+    for run in range(2):
+        prefix = str(tmp_path / f"run{run}_")
+        args = registration_args(str(fixed), str(moving), prefix, "testing", fixed_zoom=2.0)
+        wall, cpu = run_ants_registration(args, 1, tmp_path / f"run{run}.log")
+        assert wall > 0 and cpu > 0
+        out = apply_transform(moving, fixed, prefix + "Composite.h5", prefix + "warped.nii.gz")
+        warped.append(np.asanyarray(nib.load(out).dataobj))
+    assert np.array_equal(warped[0], warped[1])
+    assert not np.array_equal(warped[0], np.asanyarray(nib.load(moving).dataobj))
