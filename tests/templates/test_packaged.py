@@ -97,6 +97,7 @@ def test_brain_mask_is_the_nonzero_t1w_and_probabilities_are_in_range(packaged_h
     assert 1.8e6 < mask.sum() < 2.0e6  # an adult brain, ~1.9 litres with CSF at 1 mm
 
 
+@pytest.mark.slow
 def test_init_twice_is_a_no_op(tmp_path, capsys):
     home = tmp_path / "tf"
     assert main(["init", str(home)]) == 0
@@ -124,6 +125,7 @@ def test_init_never_overwrites_other_content(tmp_path, capsys):
     assert sorted(p.name for p in tpl_dir.iterdir()) == [NAMES["mask"]]  # checked before writing
 
 
+@pytest.mark.slow
 def test_init_fills_templateflow_placeholders_and_keeps_other_templates(tmp_path):
     home = tmp_path / "tf"
     # A home made by the TemplateFlow client itself: its skeleton of zero-byte placeholders ...
@@ -158,3 +160,15 @@ def test_init_reports_an_unwritable_home_with_exit_73(tmp_path, capsys):
     assert main(["init", str(blocker / "tf")]) == 73
     err = capsys.readouterr().err
     assert "cannot write" in err and str(blocker) in err
+
+
+def test_init_refuses_a_home_whose_description_declares_another_grid(tmp_path, capsys):
+    home = tmp_path / "tf"
+    tpl_dir = home / f"tpl-{TPL}"
+    tpl_dir.mkdir(parents=True)
+    description = skeleton_description()
+    description["res"]["1"]["shape"] = [197, 233, 189]
+    (tpl_dir / "template_description.json").write_text(json.dumps(description))
+    assert main(["init", str(home)]) == 73
+    assert "declares a res-1 grid other than" in capsys.readouterr().err
+    assert sorted(p.name for p in tpl_dir.iterdir()) == ["template_description.json"]

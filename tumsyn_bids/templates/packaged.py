@@ -260,13 +260,13 @@ def _write_atomic(path: Path, write) -> None:
         raise
 
 
-def _check_description(home: Path, template: str, grid: dict) -> None:
-    """The home's description must declare the res-1 grid the files are written on."""
-    desc_path = home / f"tpl-{template}" / "template_description.json"
+def _check_description(path: Path, text: str, grid: dict) -> None:
+    """A template description (``text``, from ``path``) must declare the res-1 grid the files
+    are written on."""
     try:
-        declared = json.loads(desc_path.read_text())["res"]
-    except (OSError, ValueError, KeyError) as exc:
-        msg = f"{desc_path}: unreadable ({exc}); remove it and rerun"
+        declared = json.loads(text)["res"]
+    except (ValueError, KeyError) as exc:
+        msg = f"{path}: unreadable ({exc}); remove it and rerun"
         raise TemplateInitError(msg, EX_CANTCREAT) from exc
     res1 = declared.get("1") or declared.get("01")
     if not res1 or (
@@ -275,7 +275,7 @@ def _check_description(home: Path, template: str, grid: dict) -> None:
         or not np.allclose(res1["zooms"], grid["zooms"])
     ):
         raise TemplateInitError(
-            f"{desc_path}: declares a res-1 grid other than {grid['shape']} at origin "
+            f"{path}: declares a res-1 grid other than {grid['shape']} at origin "
             f"{grid['origin']} mm, which the packaged files have; use another home",
             EX_CANTCREAT,
         )
@@ -328,18 +328,26 @@ def init_home(home: str | os.PathLike, template: str = PACKAGED_TEMPLATE) -> Ini
         else:
             todo[name] = img
 
+    # The skeleton files to add (absent or empty ones), and the description the home will have.
+    skeleton = {}
+    with zipfile.ZipFile(_skeleton_zip()) as skel:
+        for member in spec["skeleton_files"]:
+            dest = tpl_dir / member
+            if not (dest.exists() and dest.stat().st_size > 0):
+                skeleton[member] = skel.read(f"tpl-{template}/{member}")
+    desc_path = tpl_dir / "template_description.json"
+    try:
+        desc_text = skeleton.get(desc_path.name) or desc_path.read_text()
+    except OSError as exc:
+        raise TemplateInitError(f"{desc_path}: unreadable ({exc.strerror})", EX_CANTCREAT) from exc
+    _check_description(desc_path, desc_text, spec["grids"]["1"])
+
     # 2. Write: the template's metadata from the client's skeleton, then the images.
     try:
         tpl_dir.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(_skeleton_zip()) as skel:
-            for member in spec["skeleton_files"]:
-                dest = tpl_dir / member
-                if dest.exists() and dest.stat().st_size > 0:
-                    continue
-                content = skel.read(f"tpl-{template}/{member}")
-                _write_atomic(dest, lambda p, c=content: p.write_bytes(c))
-                result.written.append(f"tpl-{template}/{member}")
-        _check_description(home, template, spec["grids"]["1"])
+        for member, content in skeleton.items():
+            _write_atomic(tpl_dir / member, lambda p, c=content: p.write_bytes(c))
+            result.written.append(f"tpl-{template}/{member}")
         for name, img in todo.items():
             _write_atomic(tpl_dir / name, lambda p, i=img: nib.save(i, p))
             result.written.append(f"tpl-{template}/{name}")
