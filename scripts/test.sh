@@ -30,6 +30,10 @@ fi
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -c requirements-pins.txt torch
 python -m pip install --quiet -c requirements-pins.txt -e '.[test]'
+# The default template into the TemplateFlow home that runs after this install will use
+# ($TEMPLATEFLOW_HOME, else TemplateFlow's default folder); the tests make their own home.
+# Offline and idempotent; it never overwrites a different file (it says so, the tests still run).
+tumsyn-templates init --quiet || echo "tumsyn-templates init did not complete (see above)" >&2
 ruff check .
 ruff format --check .
 python -m pytest -q "$@"
