@@ -80,9 +80,13 @@ RUN --mount=type=bind,source=containers/wheels,target=/wheels \
 # Any UID, read-only root file system, no network at run time: HOME and all caches are in
 # world-writable places (/home/tumsyn, /tmp) or pre-populated read-only folders.  (The venv is
 # already world-readable; a chmod -R over it would only copy 1.5 GB into another layer.)
-RUN mkdir -p /home/tumsyn /opt/templateflow /opt/torch \
+# The TemplateFlow home holds MNI152NLin2009aSym, written by `tumsyn-templates init` from the
+# ICBM 2009a files inside nilearn's wheel (no download; docs/templates.md), read-only for all.
+RUN mkdir -p /home/tumsyn /opt/torch \
     && chmod 1777 /home/tumsyn \
-    && chmod go=u,go-w /opt/templateflow /opt/torch
+    && chmod go=u,go-w /opt/torch \
+    && /opt/tumsyn/bin/tumsyn-templates init /opt/templateflow \
+    && chmod -R a=rX /opt/templateflow
 ENV PATH=/opt/tumsyn/bin:${PATH} \
     VIRTUAL_ENV=/opt/tumsyn \
     HOME=/home/tumsyn \

@@ -117,6 +117,17 @@ VERSION_OUT=$(run --user "$TEST_UID:$TEST_UID" "$ctr" -- "$ENTRYPOINT" --version
 echo "$VERSION_OUT"
 [[ $VERSION_OUT == tumsyn-bids* ]] || die "unexpected --version output: $VERSION_OUT"
 
+say "TemplateFlow home: complete, read-only, found offline by uid $TEST_UID"
+# init on a complete home only checks every file (and would fail to write on a read-only one).
+run --user "$TEST_UID:$TEST_UID" "$ctr" -- tumsyn-templates init --quiet /opt/templateflow \
+    || die "the image's TemplateFlow home is incomplete"
+if run --user "$TEST_UID:$TEST_UID" "$ctr" -- touch /opt/templateflow/x 2>/dev/null; then
+    die "/opt/templateflow was writable"
+fi
+run --user "$TEST_UID:$TEST_UID" "$ctr" -- python -c \
+    "from tumsyn_bids.templates import get_template; print(get_template('MNI152NLin2009aSym', 1, 'mask', desc='brain'))" \
+    || die "get_template failed in the image"
+
 DATA=$WORK/data OUT=$WORK/out
 rm -rf "$DATA" "$OUT"
 mkdir -p "$DATA" "$OUT"

@@ -13,6 +13,15 @@ if [ -z "${TUMSYN_NO_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
         apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1 \
         || echo "chromium not installed: the browser test will be skipped" >&2
 fi
+# Colin27 from Debian's mricron-data (/usr/share/mricron/templates/ch2*.nii.gz, 16 MB) for the
+# brain-extraction tests (tests/colin27.py), which skip without it. Best effort, root + apt only,
+# TUMSYN_NO_MRICRON=1 opts out.
+if [ -z "${TUMSYN_NO_MRICRON:-}" ] && [ ! -f /usr/share/mricron/templates/ch2bet.nii.gz ] \
+    && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends mricron-data; } >/dev/null 2>&1 \
+        || echo "mricron-data not installed: the Colin27 tests will be skipped" >&2
+fi
 # A single-node SLURM cluster (munge, slurmctld, slurmd; ~13 MB) for tests/hpc: the array job
 # and nipype's SLURM plugins run on it for real. The tests start the daemons themselves as root
 # (tests/local_slurm.py) and skip without them; best effort, root + apt only, TUMSYN_NO_SLURM=1
@@ -31,6 +40,10 @@ fi
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -c requirements-pins.txt torch
 python -m pip install --quiet -c requirements-pins.txt -e '.[test]'
+# The default template into the TemplateFlow home that runs after this install will use
+# ($TEMPLATEFLOW_HOME, else TemplateFlow's default folder); the tests make their own home.
+# Offline and idempotent; it never overwrites a different file (it says so, the tests still run).
+tumsyn-templates init --quiet || echo "tumsyn-templates init did not complete (see above)" >&2
 ruff check .
 ruff format --check .
 python -m pytest -q "$@"

@@ -42,3 +42,24 @@ def small_synthesizer():
     net = load_synthesis(SMALL / "synthesis.pth").model
     text = load_text_encoder(SMALL / "text_encoder.pt", heads=fixture_heads(SMALL)).model
     return Synthesizer(net, text, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def templateflow_home(tmp_path_factory) -> Path:
+    """A TemplateFlow home made by ``tumsyn-templates init``, and ``TEMPLATEFLOW_HOME`` set to
+    it for this test session. The TemplateFlow client reads the variable once, at its first
+    import, so this fails if the client was imported before with another home."""
+    import os
+    import sys
+
+    from tumsyn_bids.templates.packaged import init_home
+
+    home = tmp_path_factory.mktemp("templateflow-home")
+    init_home(home)
+    if "templateflow" in sys.modules:
+        from templateflow import conf
+
+        if Path(conf.TF_HOME) != home:
+            pytest.fail(f"the TemplateFlow client was imported earlier with home {conf.TF_HOME}")
+    os.environ["TEMPLATEFLOW_HOME"] = str(home)
+    return home

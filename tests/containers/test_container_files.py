@@ -107,3 +107,17 @@ def test_singularity_def_parses():
     help_text = "\n".join(sections["help"])
     for word in ("--nv", "--cleanenv", "-B", ":ro"):
         assert word in help_text
+
+
+def test_images_carry_an_initialised_read_only_templateflow_home():
+    # The Dockerfile populates the home TEMPLATEFLOW_HOME names, then makes it read-only for all.
+    text = DOCKERFILE.read_text()
+    home = re.search(r"TEMPLATEFLOW_HOME=(\S+)", text).group(1)
+    init = re.search(r"tumsyn-templates init (\S+)", text)
+    assert init and init.group(1) == home
+    assert f"chmod -R a=rX {home}" in text
+    assert text.index("tumsyn-templates init") > text.index("pip install -c")  # after install
+    # Singularity (made from the Docker image) uses the same home and checks it in %test.
+    _, sections = parse_def(SINGULARITY_DEF.read_text())
+    assert f"export TEMPLATEFLOW_HOME={home}" in "\n".join(sections["environment"])
+    assert any("tumsyn-templates init" in line for line in sections["test"])

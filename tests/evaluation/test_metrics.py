@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tumsyn_bids.evaluation.metrics import (
+    dice,
     histogram_match,
     psnr,
     ssim,
@@ -52,3 +53,16 @@ def test_tissue_ratio():
     a = np.array([[[False, False, True, True]]])
     b = np.array([[[True, True, False, False]]])
     assert tissue_ratio(img, a, b) == pytest.approx(4.0 / 1.5)
+
+
+def test_dice_by_hand():
+    a = np.zeros((4, 4, 4), np.uint8)
+    b = np.zeros((4, 4, 4), bool)
+    a[0, :, :] = 1  # 16 voxels
+    b[0, :2, :] = True  # 8 voxels, all inside a
+    assert dice(a, b) == pytest.approx(2 * 8 / (16 + 8))
+    assert dice(a, a) == 1.0
+    assert dice(a, ~a.astype(bool)) == 0.0
+    assert dice(np.zeros(3), np.zeros(3)) == 1.0
+    with pytest.raises(ValueError, match="different shapes"):
+        dice(a, b[:2])

@@ -27,6 +27,10 @@ times at the subject's field strength (1.5 T or 3 T), then given a smooth bias f
 noise. Protocol parameters (TR, TE, TI, flip angle) are drawn per scan from typical ranges and
 written to the JSON sidecars in BIDS units (seconds, degrees).
 
+With --with-head each brain is wrapped in a simulated head (extra-axial CSF, skull, scalp
+muscle, fat, skin; same signal equations, literature relaxation values) on a wider grid, for
+testing brain extraction and bias correction; the brain ground truth stays exact.
+
 The exact tissue maps go to OUT_DIR/derivatives/simulation, on the scans' grid; with them
 tumsyn_bids.simulate.render_ground_truth() gives the noise-free image of ANY protocol. Output is
 deterministic: the same options give byte-identical files. A subject depends only on --seed
@@ -141,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         "... run-N when N > 1): more protocols per anatomy for training (default: %(default)s)",
     )
     p.add_argument(
+        "--with-head",
+        action="store_true",
+        help="add non-brain tissue around each brain (skull, scalp, fat, extra-axial CSF): "
+        "raw-looking heads with an exact brain mask in the derivatives",
+    )
+    p.add_argument(
         "--no-derivatives",
         action="store_true",
         help="do not write the ground-truth tissue maps to OUT_DIR/derivatives/simulation",
@@ -176,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overwrite=args.overwrite,
             n_procs=args.nprocs,
             runs=args.runs,
+            with_head=args.with_head,
         )
     except (FileExistsError, NotADirectoryError) as exc:
         print(f"tumsyn-simulate: error: {exc}", file=sys.stderr)
@@ -184,9 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tumsyn-simulate: error: cannot write {args.out_dir}: {exc}", file=sys.stderr)
         return EX_CANTCREAT
     runs = f" x {args.runs} runs" if args.runs > 1 else ""
+    heads = " (heads)" if args.with_head else ""
     print(
-        f"wrote {args.subjects} simulated subject(s) x {len(args.modalities)} modalities{runs} "
-        f"to {root}"
+        f"wrote {args.subjects} simulated subject(s){heads} x {len(args.modalities)} "
+        f"modalities{runs} to {root}"
     )
     return EX_OK
 

@@ -6,7 +6,8 @@ mapped to [0, 1]), the space the model is trained to predict; PSNR then uses a p
 callers normalise; the functions here only score.
 
 SSIM is the usual one (Wang et al. 2004) with a Gaussian window (sigma 1.5 voxels) in 3-D, K1 =
-0.01, K2 = 0.03, averaged over the mask.
+0.01, K2 = 0.03, averaged over the mask. Masks (brain extraction, registration) are compared
+with Dice's overlap coefficient (Dice L.R., Ecology 26:297-302, 1945).
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ def histogram_match(source: np.ndarray, reference: np.ndarray, mask: np.ndarray)
     out = np.zeros(np.shape(source), dtype=np.float64)
     out[m] = np.interp(quantiles, np.linspace(0.0, 1.0, ref.size), ref)
     return out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap ``2 |A & B| / (|A| + |B|)`` of two masks of one shape (non-zero = inside).
+
+    1 for identical masks, 0 for disjoint ones; two empty masks count as identical (1).
+    Raises ``ValueError`` when the shapes differ (masks on different grids).
+    """
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    if a.shape != b.shape:
+        raise ValueError(f"masks of different shapes {a.shape} and {b.shape}")
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def tissue_ratio(image: np.ndarray, numerator: np.ndarray, denominator: np.ndarray) -> float:

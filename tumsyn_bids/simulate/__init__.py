@@ -5,7 +5,8 @@ protocols, and evaluation needs to know what the *true* image of a protocol look
 data gives neither at scale, so we simulate: subjects are the MNI ICBM152 2009 tissue maps
 warped at random (:mod:`.anatomy`, :mod:`.subject`), images follow from textbook signal
 equations with literature tissue parameters (:mod:`.signal`, :mod:`.tissues`), and protocols
-are drawn per scan from realistic ranges (:mod:`.protocols`). Because the tissue maps are known,
+are drawn per scan from realistic ranges (:mod:`.protocols`); :mod:`.head` optionally wraps the
+brain in a head (skull, scalp, fat). Because the tissue maps are known,
 the image of any protocol is exact ground truth (:func:`render_ground_truth`).
 
 The package uses numpy, scipy and nibabel only (no torch), and reads the template from nilearn's
@@ -36,6 +37,7 @@ from .ground_truth import (
     render_ground_truth,
     simulated_scans,
 )
+from .head import HEAD_MARGIN_MM, head_fractions, head_levels, render_head
 from .protocols import ScanProtocol, sample_protocol
 from .signal import (
     SIGNAL_SCALE,
@@ -49,10 +51,18 @@ from .signal import (
     tissue_signals,
 )
 from .subject import Deformation, SimulatedSubject, draw_subject
-from .tissues import TISSUES, TissueParameters, tissue_parameters
+from .tissues import (
+    HEAD_TISSUES,
+    TISSUES,
+    TissueParameters,
+    head_tissue_parameters,
+    tissue_parameters,
+)
 
 __all__ = [
     "DEFAULT_MODALITIES",
+    "HEAD_MARGIN_MM",
+    "HEAD_TISSUES",
     "SIGNAL_SCALE",
     "SUFFIXES",
     "TEMPLATE_NOTICE",
@@ -67,12 +77,16 @@ __all__ = [
     "brain_mask",
     "draw_subject",
     "grid_for",
+    "head_fractions",
+    "head_levels",
+    "head_tissue_parameters",
     "inversion_recovery",
     "load_template",
     "load_tissue_maps",
     "mprage",
     "render",
     "render_ground_truth",
+    "render_head",
     "sample_protocol",
     "sequence_for",
     "simulated_scans",

@@ -194,18 +194,21 @@ def load_template() -> TissueMaps:
     return TissueMaps(gm=maps[0], wm=maps[1], csf=maps[2], affine=crop_affine)
 
 
-def grid_for(voxel_size: float, reference: TissueMaps | None = None) -> tuple[tuple, np.ndarray]:
+def grid_for(
+    voxel_size: float, reference: TissueMaps | None = None, margin_mm: float = 0.0
+) -> tuple[tuple, np.ndarray]:
     """Shape and affine of an isotropic ``voxel_size`` grid over the template's field of view.
 
     The new grid has the same centre and covers the same box as ``reference`` (default: the
-    1 mm template) to within one voxel: as many voxels as fit, rounded to the nearest.
+    1 mm template), widened by ``margin_mm`` on every side (simulated heads need the room), to
+    within one voxel: as many voxels as fit, rounded to the nearest.
     """
     if not voxel_size > 0:
         raise ValueError(f"voxel size must be positive, got {voxel_size!r}")
     reference = reference if reference is not None else load_template()
     old = np.asarray(reference.voxel_size, dtype=np.float64)
     old_shape = np.asarray(reference.shape)
-    extent = old * old_shape
+    extent = old * old_shape + 2.0 * float(margin_mm)
     shape = np.maximum(np.rint(extent / voxel_size).astype(int), 1)
     centre = reference.affine[:3, :3] @ ((old_shape - 1) / 2.0) + reference.affine[:3, 3]
     direction = reference.affine[:3, :3] / old  # unit columns

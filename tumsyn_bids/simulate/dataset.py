@@ -13,11 +13,16 @@ Layout of a dataset written by :func:`write_simulated_dataset`::
         sub-01/anat/sub-01_label-WM_probseg.nii.gz
         sub-01/anat/sub-01_label-CSF_probseg.nii.gz
         sub-01/anat/sub-01_desc-brain_mask.nii.gz     GM + WM + CSF >= 0.5
+        sub-01/anat/sub-01_label-Bone_probseg.nii.gz  with --with-head: the head tissues
+        ...                                           (ExtCSF, Bone, Fat, Muscle)
 
 The tissue maps are the *exact* anatomy every scan was rendered from, on the scans' grid (same
 shape, same affine), so :func:`~.ground_truth.render_ground_truth` gives the noise-free,
 bias-free image of any protocol, which is what synthesised images can be scored against. For the
-protocol a scan was acquired with, that image is the scan minus its bias field and noise.
+protocol a scan was acquired with, that image is the scan minus its bias field and noise. With
+``with_head`` the
+scans are heads (:mod:`.head`: skull, scalp, fat and extra-axial CSF around the brain) on a
+wider grid; inside the brain mask the noise-free scan is still exactly that brain image.
 
 Everything is deterministic: the same arguments give byte-identical files (gzip without time
 stamps, sorted JSON). The dataset is written into a hidden temporary folder next to the output
@@ -51,7 +56,7 @@ from .anatomy import (
 from .protocols import sample_protocol
 from .signal import SUFFIXES
 from .subject import SimulatedSubject, _finish_header, draw_subject
-from .tissues import TISSUES
+from .tissues import HEAD_TISSUES, TISSUES
 
 __all__ = [
     "BIDS_VERSION",
@@ -175,6 +180,15 @@ def _derivative_description() -> dict[str, Any]:
 
 _TISSUE_NAMES = {"GM": "grey matter", "WM": "white matter", "CSF": "cerebrospinal fluid"}
 
+#: Derivative ``label-`` values of the head tissues, and what they are.
+_HEAD_LABELS = {"EXTCSF": "ExtCSF", "BONE": "Bone", "FAT": "Fat", "MUSCLE": "Muscle"}
+_HEAD_NAMES = {
+    "EXTCSF": "extra-axial cerebrospinal fluid (between the brain mask and the skull)",
+    "BONE": "cortical bone of the skull (and the bone share of the diploe)",
+    "FAT": "subcutaneous fat (and the fatty marrow share of the diploe)",
+    "MUSCLE": "scalp muscle, galea and skin",
+}
+
 _PARTICIPANTS_JSON = {
     "age": {"Description": "age of the simulated participant", "Units": "year"},
     "sex": {
@@ -182,6 +196,21 @@ _PARTICIPANTS_JSON = {
         "Levels": {"M": "male", "F": "female"},
     },
 }
+
+
+def _head_sentence(settings: Mapping[str, Any]) -> str:
+    """The README's words on the head, up to the line break before "ranges;"."""
+    if settings.get("with_head"):
+        return (
+            "Each brain is wrapped in a simulated\nhead (extra-axial CSF, skull with diploe, "
+            "scalp muscle, subcutaneous fat, skin; no face\nor neck), rendered with the same "
+            "equations; the brain mask in the derivatives is still exact.\nAcquisition "
+            "parameters are drawn at random per scan from typical"
+        )
+    return (
+        "There is no skull or scalp: the\nimages look skull-stripped. Acquisition parameters "
+        "are drawn at random per scan from typical"
+    )
 
 
 def _readme(settings: Mapping[str, Any]) -> str:
@@ -196,8 +225,7 @@ maps, warped by a smooth random deformation and a small random rotation, shift a
 image is rendered from those tissue maps with the steady-state signal equation of its sequence
 (spin echo, variable-flip-angle 3-D TSE, inversion recovery, spoiled gradient echo or MPRAGE)
 using literature relaxation times and proton densities at the participant's field strength,
-multiplied by a smooth bias field, with Rician noise added. There is no skull or scalp: the
-images look skull-stripped. Acquisition parameters are drawn at random per scan from typical
+multiplied by a smooth bias field, with Rician noise added. {_head_sentence(settings)}
 ranges; each scan's sidecar holds its exact protocol (times in seconds, angles in degrees).
 Variable-flip-angle 3-D TSE scans ("T2var" in TUMSyn prompts) have FlipAngle 120 (the nominal
 refocusing angle; BIDS needs a number), MRAcquisitionType 3D and PulseSequenceType SPACE, CUBE
@@ -228,7 +256,14 @@ accompany all copies of this data:
 """
 
 
-def _derivative_readme() -> str:
+def _derivative_readme(with_head: bool = False) -> str:
+    head = (
+        "\nSimulated heads: label-<ExtCSF|Bone|Fat|Muscle>_probseg hold the fractions of the "
+        "tissues around the brain\n(extra-axial CSF, skull, fat, scalp muscle and skin), same "
+        "encoding; they are 0 inside the brain mask.\n"
+        if with_head
+        else ""
+    )
     return f"""\
 tumsyn-simulate ground truth
 ============================
@@ -240,7 +275,7 @@ exactly the maps the raw dataset's scans were rendered from, on the same grid. D
 MNI ICBM152 2009 template:
 
 {TEMPLATE_NOTICE}
-"""
+{head}"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,6 +304,7 @@ def _write_subject(
     snr: float,
     derivatives: bool,
     runs: int = 1,
+    with_head: bool = False,
 ) -> None:
     anat, stem = anat_dir(root, subject.label, None)
     for suffix in modalities:
@@ -279,14 +315,16 @@ def _write_subject(
                 subject.field_strength,
                 subject.manufacturer,
             )
-            img = subject.encoded_scan(drawn.protocol, suffix, voxel_size, snr, run=run)
+            img = subject.encoded_scan(
+                drawn.protocol, suffix, voxel_size, snr, run=run, head=with_head
+            )
             name = f"{stem}_run-{run + 1}_{suffix}" if runs > 1 else f"{stem}_{suffix}"
             atomic_save_nifti(img, anat / f"{name}.nii.gz")
             atomic_write_json(anat / f"{name}.json", drawn.sidecar)
     if derivatives:
         danat, dstem = anat_dir(root / DERIVATIVES_RELPATH, subject.label, None)
-        levels = subject.tissue_levels(voxel_size)
-        maps = subject.tissue_maps(voxel_size)
+        levels = subject.tissue_levels(voxel_size, with_head)
+        maps = subject.tissue_maps(voxel_size, with_head)
         sources = []
         for tissue in TISSUES:
             name = f"{dstem}_label-{tissue}_probseg"
@@ -309,6 +347,16 @@ def _write_subject(
                 "Sources": sources,
             },
         )
+        if with_head:
+            head = subject.head_levels(voxel_size)
+            for tissue in HEAD_TISSUES:
+                name = f"{dstem}_label-{_HEAD_LABELS[tissue]}_probseg"
+                image = _probseg_image(head[tissue], maps.affine)
+                atomic_save_nifti(image, danat / f"{name}.nii.gz")
+                atomic_write_json(
+                    danat / f"{name}.json",
+                    {"Description": f"{_HEAD_NAMES[tissue]}: fraction per voxel, simulated head"},
+                )
 
 
 def _write_subject_job(job: tuple) -> None:
@@ -359,6 +407,7 @@ def write_simulated_dataset(
     overwrite: bool = False,
     n_procs: int = 1,
     runs: int = 1,
+    with_head: bool = False,
 ) -> Path:
     """Simulate subjects and write them as a BIDS dataset at ``out_dir``; return its path.
 
@@ -378,6 +427,10 @@ def write_simulated_dataset(
     each with its own protocol, bias field and noise: the same anatomy under several protocols,
     so that a model trained on them can only tell the targets apart by their prompts. Run 1 is
     the scan a single-run dataset of the same seed holds.
+
+    ``with_head`` wraps every brain in a simulated head (:mod:`.head`) on a grid widened by
+    :data:`.head.HEAD_MARGIN_MM` per side; the derivatives add the head tissues' fractions
+    (``label-ExtCSF|Bone|Fat|Muscle_probseg``) and keep the brain's maps and mask exact.
     """
     modalities = tuple(modalities)
     unknown = [m for m in modalities if m not in SUFFIXES]
@@ -414,6 +467,8 @@ def write_simulated_dataset(
     }
     if runs > 1:  # only then, so that single-run datasets stay byte-identical to earlier ones
         settings["runs"] = int(runs)
+    if with_head:  # likewise
+        settings["with_head"] = True
     subjects = [draw_subject(label, seed) for label in labels]
     try:
         staging.mkdir()
@@ -426,8 +481,11 @@ def write_simulated_dataset(
         if derivatives:
             deriv = staging / DERIVATIVES_RELPATH
             atomic_write_json(deriv / "dataset_description.json", _derivative_description())
-            atomic_write_text(deriv / "README", _derivative_readme())
-        jobs = [(staging, s, modalities, voxel_size, snr, derivatives, int(runs)) for s in subjects]
+            atomic_write_text(deriv / "README", _derivative_readme(with_head))
+        jobs = [
+            (staging, s, modalities, voxel_size, snr, derivatives, int(runs), bool(with_head))
+            for s in subjects
+        ]
         if n_procs > 1 and len(jobs) > 1:
             # "spawn": safe even when the caller has threads (torch, BLAS) running.
             context = multiprocessing.get_context("spawn")

@@ -58,6 +58,7 @@ __all__ = [
     "mprage",
     "render",
     "sequence_for",
+    "signal_of",
     "spin_echo",
     "spoiled_gradient_echo",
     "tissue_signals",
@@ -265,6 +266,11 @@ def _field(protocol: Protocol, field_strength: float | None) -> float:
     return float(field)
 
 
+def signal_of(params: TissueParameters, protocol: Protocol, suffix: str) -> float:
+    """The signal (scanner units) of one pure tissue with ``params`` under ``protocol``."""
+    return SIGNAL_SCALE * _signal(params, protocol, suffix)
+
+
 def tissue_signals(
     protocol: Protocol, suffix: str, field_strength: float | None = None
 ) -> dict[str, float]:
@@ -273,7 +279,7 @@ def tissue_signals(
     ``field_strength`` (tesla) overrides the protocol's ``magnetic_field_strength``.
     """
     params = tissue_parameters(_field(protocol, field_strength))
-    return {t: SIGNAL_SCALE * _signal(params[t], protocol, suffix) for t in TISSUES}
+    return {t: signal_of(params[t], protocol, suffix) for t in TISSUES}
 
 
 def render(

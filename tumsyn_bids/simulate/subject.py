@@ -47,6 +47,7 @@ from .anatomy import (
     quantize_fractions,
     sample_template,
 )
+from .head import HEAD_MARGIN_MM, head_levels, render_head
 from .signal import render
 
 __all__ = [
@@ -245,30 +246,49 @@ class SimulatedSubject:
         """This subject's subject-to-template transform."""
         return Deformation.draw(self.rng(_ANATOMY), self.sex, self.max_displacement)
 
-    def tissue_levels(self, voxel_size: float) -> dict[str, np.ndarray]:
+    def _grid_key(self, voxel_size: float, head: bool) -> tuple[float, bool]:
+        return round(float(voxel_size), 6), bool(head)
+
+    def tissue_levels(self, voxel_size: float, head: bool = False) -> dict[str, np.ndarray]:
         """The warped anatomy as uint8 fraction levels (:func:`.anatomy.quantize_fractions`).
 
         This is what the dataset writer stores; :meth:`tissue_maps` is its float form. The grid
         (shape and affine) is the template's (:func:`.anatomy.grid_for`), the same for every
-        subject and protocol. Cached per voxel size.
+        subject and protocol; with ``head`` it is widened by :data:`.head.HEAD_MARGIN_MM` per
+        side to leave room for the head. Cached per voxel size and grid.
         """
-        key = round(float(voxel_size), 6)
+        key = self._grid_key(voxel_size, head)
         if key not in self._cache:
-            shape, affine = grid_for(key)
+            margin = HEAD_MARGIN_MM if head else 0.0
+            shape, affine = grid_for(key[0], margin_mm=margin)
             points = self.deformation.on_grid(shape, affine)
-            continuous = sample_template(points, key, shape, affine)
+            continuous = sample_template(points, key[0], shape, affine)
             levels = quantize_fractions(continuous)
             self._cache[key] = (levels, dequantize_fractions(levels, affine))
         return self._cache[key][0]
+
+    def head_levels(self, voxel_size: float) -> dict[str, np.ndarray]:
+        """The head tissues around this subject's brain as uint8 levels (:mod:`.head`), cached.
+
+        On the head grid of :meth:`tissue_levels` with ``head=True``.
+        """
+        key = ("head", round(float(voxel_size), 6))
+        if key not in self._cache:
+            levels = self.tissue_levels(voxel_size, head=True)
+            self._cache[key] = head_levels(self.tissue_maps(voxel_size, head=True), levels)
+        return self._cache[key]
 
     def clear_cache(self) -> None:
         """Forget the tissue maps computed so far (they are recomputed on demand)."""
         self._cache.clear()
 
-    def tissue_maps(self, voxel_size: float) -> TissueMaps:
-        """The warped anatomy (GM, WM, CSF fractions) all this subject's scans are rendered from."""
-        self.tissue_levels(voxel_size)
-        return self._cache[round(float(voxel_size), 6)][1]
+    def tissue_maps(self, voxel_size: float, head: bool = False) -> TissueMaps:
+        """The warped anatomy (GM, WM, CSF fractions) all this subject's scans are rendered from.
+
+        ``head`` selects the wider grid of simulated heads; the brain is the same.
+        """
+        self.tissue_levels(voxel_size, head)
+        return self._cache[self._grid_key(voxel_size, head)][1]
 
     def encoded_scan(
         self,
@@ -278,6 +298,7 @@ class SimulatedSubject:
         snr: float,
         *,
         run: int = 0,
+        head: bool = False,
     ) -> nib.Nifti1Image:
         """A simulated scan (ground truth x bias field, plus Rician noise) as written to disk.
 
@@ -287,17 +308,25 @@ class SimulatedSubject:
         ``run`` distinguishes repeated scans of one suffix (it seeds bias and noise). The
         protocol's own field strength wins; without one the subject's scanner is used.
 
+        ``head`` adds the non-brain tissues of :mod:`.head` around the brain; the noise level
+        is set by the mean brain signal, with or without a head.
+
         Raises ``ValueError`` unless ``snr`` > 0.
         """
         if not snr > 0:
             raise ValueError(f"snr must be positive, got {snr!r}")
-        maps = self.tissue_maps(voxel_size)
+        maps = self.tissue_maps(voxel_size, head)
         clean = render(maps, protocol, suffix, self._field(protocol))
+        mask = maps.brain_mask()
+        mean_signal = float(clean[mask].mean()) if mask.any() else float(clean.mean())
+        if head:
+            extra = render_head(
+                self.head_levels(voxel_size), protocol, suffix, self._field(protocol)
+            )
+            clean = clean + extra
         rng = self.rng(_SCAN, _label_number(suffix), run)
         bias_field = _Waves.draw(rng, 1, _BIAS_WAVELENGTH_MM, BIAS_AMPLITUDE)
         bias = np.exp(bias_field.on_grid(maps.shape, maps.affine)[0]).astype(np.float32)
-        mask = maps.brain_mask()
-        mean_signal = float(clean[mask].mean()) if mask.any() else float(clean.mean())
         sigma = np.float32(mean_signal / snr)
         real = clean * bias + sigma * rng.standard_normal(maps.shape, dtype=np.float32)
         imaginary = sigma * rng.standard_normal(maps.shape, dtype=np.float32)

@@ -28,6 +28,26 @@ Between and beyond the two anchor fields (1.5 T and 3 T) each relaxation time is
 linearly in log(time) against log(field), i.e. as a power law, the usual empirical description
 of T1 dispersion. Beyond the anchors this is an extrapolation and only a rough guide; fields
 outside :data:`FIELD_RANGE_T` are refused.
+
+Tissues of the head outside the brain (:data:`HEAD_TISSUES`, used by :mod:`.head` for
+``tumsyn-simulate --with-head``), chosen the same way (rounded, within the cited ranges):
+
+* **Subcutaneous fat and skeletal muscle** (muscle also stands in for skin and the galea), T1
+  and T2 at 1.5 T and 3 T: Gold G.E. et al., "Musculoskeletal MRI at 3.0 T: relaxation times
+  and image contrast", AJR Am J Roentgenol 183:343-351 (2004); here fat has T1 0.34 / 0.38 s and
+  T2 0.06 / 0.07 s, muscle T1 1.0 / 1.4 s and T2 0.045 / 0.05 s at 1.5 / 3 T. Fat is modelled as one
+  resonance: no chemical shift, no J-coupling (so TSE fat is darker than on real scanners).
+  Proton densities from tissue composition: muscle is about 75 % water, fat's proton density
+  is close to water's (0.9 here).
+* **Cortical bone**: its water is 10-25 % of the volume (Techawiboonwong A. et al., "Cortical
+  bone water: in vivo quantification with ultrashort echo-time MR imaging", Radiology
+  248:824-833, 2008), with T2* of a few tenths of a millisecond (Reichert I.L.H. et al.,
+  "Magnetic resonance imaging of cortical bone with ultrashort TE pulse sequences", Magn Reson
+  Imaging 23:611-618, 2005). Any values in those ranges make bone black at the echo times of
+  clinical sequences (TE >= 1 ms), which is all that matters here.
+* **T2*** of fat and muscle is not taken from the literature but derived like the 1.5 T brain
+  values: ``1/T2* = 1/T2 + R2'`` with R2' = 5/s at 3 T (about the brain tissues' value) and
+  half that at 1.5 T. Extra-axial CSF (between the brain and the skull) is CSF.
 """
 
 from __future__ import annotations
@@ -40,13 +60,18 @@ from types import MappingProxyType
 __all__ = [
     "ANCHOR_FIELDS_T",
     "FIELD_RANGE_T",
+    "HEAD_TISSUES",
     "TISSUES",
     "TissueParameters",
+    "head_tissue_parameters",
     "tissue_parameters",
 ]
 
 #: Tissue classes, in the order used everywhere (files, arrays, tables).
 TISSUES: tuple[str, ...] = ("GM", "WM", "CSF")
+
+#: Tissues of the head around the brain (:mod:`.head`); EXTCSF is CSF outside the brain mask.
+HEAD_TISSUES: tuple[str, ...] = ("EXTCSF", "BONE", "FAT", "MUSCLE")
 
 #: Fields with literature values; others are interpolated (power law).
 ANCHOR_FIELDS_T: tuple[float, float] = (1.5, 3.0)
@@ -100,12 +125,11 @@ def _power_law(value_lo: float, value_hi: float, field: float) -> float:
     return value_lo * (field / b_lo) ** k
 
 
-def tissue_parameters(field_strength: float) -> dict[str, TissueParameters]:
-    """The parameters of every tissue (:data:`TISSUES`) at ``field_strength`` tesla.
-
-    Exact literature-based anchors at 1.5 T and 3 T; a power law in between and around
-    (module docstring). Raises ``ValueError`` outside :data:`FIELD_RANGE_T`.
-    """
+def _at_field(
+    anchors: Mapping[float, Mapping[str, TissueParameters]],
+    tissues: tuple[str, ...],
+    field_strength: float,
+) -> dict[str, TissueParameters]:
     field = float(field_strength)
     lo, hi = FIELD_RANGE_T
     if not (lo <= field <= hi) or math.isnan(field):
@@ -113,12 +137,12 @@ def tissue_parameters(field_strength: float) -> dict[str, TissueParameters]:
             f"magnetic field strength {field_strength!r} T is outside the simulated range "
             f"{lo}-{hi} T"
         )
-    for anchor, table in _ANCHORS.items():
+    for anchor, table in anchors.items():
         if math.isclose(field, anchor, rel_tol=1e-6):
             return dict(table)
-    low, high = (_ANCHORS[b] for b in ANCHOR_FIELDS_T)
+    low, high = (anchors[b] for b in ANCHOR_FIELDS_T)
     out: dict[str, TissueParameters] = {}
-    for tissue in TISSUES:
+    for tissue in tissues:
         a, b = low[tissue], high[tissue]
         out[tissue] = TissueParameters(
             t1=_power_law(a.t1, b.t1, field),
@@ -127,3 +151,48 @@ def tissue_parameters(field_strength: float) -> dict[str, TissueParameters]:
             pd=a.pd,
         )
     return out
+
+
+def tissue_parameters(field_strength: float) -> dict[str, TissueParameters]:
+    """The parameters of every tissue (:data:`TISSUES`) at ``field_strength`` tesla.
+
+    Exact literature-based anchors at 1.5 T and 3 T; a power law in between and around
+    (module docstring). Raises ``ValueError`` outside :data:`FIELD_RANGE_T`.
+    """
+    return _at_field(_ANCHORS, TISSUES, field_strength)
+
+
+def _head_tissue(t1: float, t2: float, pd: float, r2prime: float) -> TissueParameters:
+    return TissueParameters(t1=t1, t2=t2, t2star=1.0 / (1.0 / t2 + r2prime), pd=pd)
+
+
+# Head anchors (seconds; module docstring). Bone's T2 and T2* are sub-millisecond.
+_HEAD_ANCHORS: Mapping[float, Mapping[str, TissueParameters]] = MappingProxyType(
+    {
+        1.5: MappingProxyType(
+            {
+                "EXTCSF": _CSF_15T,
+                "BONE": TissueParameters(t1=0.25, t2=0.001, t2star=0.0005, pd=0.15),
+                "FAT": _head_tissue(0.34, 0.060, 0.90, 2.5),
+                "MUSCLE": _head_tissue(1.00, 0.045, 0.75, 2.5),
+            }
+        ),
+        3.0: MappingProxyType(
+            {
+                "EXTCSF": _CSF_3T,
+                "BONE": TissueParameters(t1=0.25, t2=0.001, t2star=0.0004, pd=0.15),
+                "FAT": _head_tissue(0.38, 0.070, 0.90, 5.0),
+                "MUSCLE": _head_tissue(1.40, 0.050, 0.75, 5.0),
+            }
+        ),
+    }
+)
+
+
+def head_tissue_parameters(field_strength: float) -> dict[str, TissueParameters]:
+    """The parameters of the head tissues (:data:`HEAD_TISSUES`) at ``field_strength`` tesla.
+
+    Same anchors-and-power-law scheme as :func:`tissue_parameters`; raises ``ValueError``
+    outside :data:`FIELD_RANGE_T`.
+    """
+    return _at_field(_HEAD_ANCHORS, HEAD_TISSUES, field_strength)
