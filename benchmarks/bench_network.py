@@ -1,0 +1,181 @@
+"""Micro-benchmarks of the network-level speed-ups in ``tumsyn_bids.model.fused`` (issue 21).
+
+Each case times a plain path and its alternative on the same inputs in one process, alternating
+the two in every repeat so that load from other processes hits both alike; it prints min and
+median seconds per patch, the speed ratio plain/alternative of the minima and of the medians,
+and the max |difference| of the outputs. Nothing here is a test: the equality checks live in
+``tests/model/test_fused.py``.
+
+Models: ``demo`` (the bundled model, 20-voxel patches, 2 per pass as the engine's default),
+``mid`` (bench_inference.py's random mid-size model, 32-voxel patches) and ``published`` (the
+published architecture with random weights; a 60³ patch costs ~44 TFLOP, so pick a small
+``--patch`` on a CPU).
+
+    python benchmarks/bench_network.py --model demo --cases fold
+    python benchmarks/bench_network.py --model mid --repeats 7 --threads 2 --json mid.json
+    python benchmarks/bench_network.py --model published --patch 12 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+
+from tumsyn_bids.model import SynthesisConfig, SynthesisNetwork, load_synthesis
+from tumsyn_bids.model import fused as fused_module
+from tumsyn_bids.model.bundled import demo_weights
+from tumsyn_bids.model.fused import fuse_for_inference
+from tumsyn_bids.model.inference import make_coord
+
+#: model -> (config or None for the bundled weights, default patch side, default batch size)
+MODELS = {
+    "demo": (None, 20, 2),
+    "mid": (
+        SynthesisConfig(4, 32, 64, 1.0, (256, 256, 64, 32), encoder_name="resencoder-64"),
+        32,
+        1,
+    ),
+    "published": (SynthesisConfig(), 60, 1),
+}
+
+
+def build(model: str) -> SynthesisNetwork:
+    config, _, _ = MODELS[model]
+    if config is None:
+        return load_synthesis(demo_weights()[0]).model.eval()
+    torch.manual_seed(0)
+    net = SynthesisNetwork(config)
+    for m in net.modules():  # non-trivial BatchNorm statistics, as a trained model has
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_var.uniform_(0.5, 1.5)
+            m.running_mean.normal_(0, 0.1)
+            m.weight.data.uniform_(0.6, 1.4)
+            m.bias.data.normal_(0, 0.1)
+    return net.eval()
+
+
+def grid(side: int, batch: int) -> torch.Tensor:
+    """(B, side³, 3) cell-centre coordinates, as the engine queries a cubic patch."""
+    c = make_coord(side)
+    g = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(1, -1, 3)
+    return g.expand(batch, -1, -1).contiguous()
+
+
+def compare(
+    name: str, plain: Callable[[], torch.Tensor], alt: Callable[[], torch.Tensor], repeats: int
+) -> dict:
+    """Time ``plain`` and ``alt`` alternately ``repeats`` times after one warm-up each."""
+    with torch.inference_mode():
+        a, b = plain(), alt()
+        diff = (a.float() - b.float()).abs().max().item()
+        times: dict[str, list[float]] = {"plain": [], "alt": []}
+        for _ in range(repeats):
+            for key, fn in (("plain", plain), ("alt", alt)):
+                t = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t)
+    mins = {k: min(v) for k, v in times.items()}
+    meds = {k: statistics.median(v) for k, v in times.items()}
+    row = {
+        "case": name,
+        "plain_s": {"min": round(mins["plain"], 4), "median": round(meds["plain"], 4)},
+        "alt_s": {"min": round(mins["alt"], 4), "median": round(meds["alt"], 4)},
+        "ratio_min": round(mins["plain"] / mins["alt"], 3),
+        "ratio_median": round(meds["plain"] / meds["alt"], 3),
+        "max_abs_diff": diff,
+        "output_max_abs": a.float().abs().max().item(),
+    }
+    print(
+        f"{name:48s} plain {mins['plain']:.4f}/{meds['plain']:.4f} s  alt "
+        f"{mins['alt']:.4f}/{meds['alt']:.4f} s  ratio {row['ratio_min']:.2f}/"
+        f"{row['ratio_median']:.2f} (min/median)  max|d| {diff:.2e}",
+        flush=True,
+    )
+    return row
+
+
+@contextmanager
+def module_convolutions():
+    """Make model.fused call each module's own forward (PyTorch's kernel choice)."""
+    saved = fused_module.conv3d
+    fused_module.conv3d = lambda x, conv: conv(x)
+    try:
+        yield
+    finally:
+        fused_module.conv3d = saved
+
+
+def case_fold(net, fused, patch, text, repeats) -> list[dict]:
+    """BatchNorm and res_scale folded; then also oneDNN called directly."""
+    with module_convolutions():
+        rows = [
+            compare(
+                "encoder: BN/res_scale folded",
+                lambda: net.encoder(patch),
+                lambda: fused.encoder(patch),
+                repeats,
+            )
+        ]
+    rows.append(
+        compare(
+            "encoder: folded + direct oneDNN",
+            lambda: net.encoder(patch),
+            lambda: fused.encoder(patch),
+            repeats,
+        )
+    )
+    return rows
+
+
+CASES = {"fold": case_fold}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="demo")
+    p.add_argument("--patch", type=int, help="patch side in voxels (default: the model's)")
+    p.add_argument("--batch-size", type=int, help="patches per pass (default: the model's)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    p.add_argument("--json", help="also write the results to this file")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    _, side, batch = MODELS[args.model]
+    side = args.patch or side
+    batch = args.batch_size or batch
+    cl = torch.channels_last_3d
+    net = build(args.model).to(memory_format=cl)
+    fused = fuse_for_inference(net).to(memory_format=cl)
+    gen = torch.Generator().manual_seed(0)
+    patch = torch.rand(batch, 1, side, side, side, generator=gen).contiguous(memory_format=cl)
+    text = torch.randn(batch, net.config.out_dim, generator=gen)
+    print(
+        f"model {args.model}, patch {side}³, batch {batch}, threads {torch.get_num_threads()}, "
+        f"torch {torch.__version__}; times are per pass of {batch} patch(es)",
+        flush=True,
+    )
+    rows = []
+    for name in args.cases:
+        rows += CASES[name](net, fused, patch, text, args.repeats)
+    if args.json:
+        report = {
+            "model": args.model,
+            "patch": side,
+            "batch": batch,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "rows": rows,
+        }
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
