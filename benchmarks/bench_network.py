@@ -24,8 +24,10 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from itertools import product
 
 import torch
+import torch.nn.functional as F
 
 from tumsyn_bids.model import SynthesisConfig, SynthesisNetwork, load_synthesis
 from tumsyn_bids.model import fused as fused_module
@@ -133,7 +135,83 @@ def case_fold(net, fused, patch, text, repeats) -> list[dict]:
     return rows
 
 
-CASES = {"fold": case_fold}
+def case_fusion(net, fused, patch, text, repeats) -> list[dict]:
+    """The fusion block as the authors wrote it vs FastFusionBlock, on the encoder's output."""
+    with torch.inference_mode():
+        x = net.encoder(patch)
+    return [
+        compare(
+            "fusion block: voxel-major fast path",
+            lambda: net.fusion(x, text),
+            lambda: fused.fusion[0](x, text),
+            repeats,
+        )
+    ]
+
+
+def shifted_depthwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Depthwise 3x3x3 convolution as 27 shifted multiply-adds on a channels-last volume."""
+    b, c, d, h, w = x.shape
+    xp = F.pad(x, (1, 1, 1, 1, 1, 1)).permute(0, 2, 3, 4, 1)
+    out = torch.zeros(b, d, h, w, c, dtype=x.dtype)
+    taps = weight.reshape(c, 27).t().contiguous()
+    for k, (dz, dy, dx) in enumerate(product(range(3), repeat=3)):
+        out.addcmul_(xp[:, dz : dz + d, dy : dy + h, dx : dx + w], taps[k])
+    return out.permute(0, 4, 1, 2, 3)
+
+
+def case_depthwise(net, fused, patch, text, repeats) -> list[dict]:
+    """The fusion block's depthwise 3x3x3 convolution at its shape: layouts, kernels, batches."""
+    conv = net.fusion.block[0].mlp.dwconv
+    hidden = conv.weight.shape[0]
+    batch, side = patch.shape[0], patch.shape[-1]
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, hidden, side, side, side, generator=gen)
+    cl = torch.channels_last_3d
+    x_cl = x.contiguous(memory_format=cl)
+    w_cl = conv.weight.detach().contiguous(memory_format=cl)
+    w = conv.weight.detach().contiguous()
+    one = [1, 1, 1]
+    onednn = torch.ops.aten.mkldnn_convolution
+    rows = [
+        compare(
+            "depthwise: contiguous -> channels-last",
+            lambda: F.conv3d(x, w, padding=1, groups=hidden),
+            lambda: F.conv3d(x_cl, w_cl, padding=1, groups=hidden),
+            repeats,
+        ),
+        compare(
+            "depthwise: channels-last -> direct oneDNN",
+            lambda: F.conv3d(x_cl, w_cl, padding=1, groups=hidden),
+            lambda: onednn(x_cl, w_cl, None, one, one, one, hidden),
+            repeats,
+        ),
+        compare(
+            "depthwise: channels-last -> 27 shifted FMAs",
+            lambda: F.conv3d(x_cl, w_cl, padding=1, groups=hidden),
+            lambda: shifted_depthwise(x_cl, w),
+            repeats,
+        ),
+    ]
+    if batch > 1:
+        # one pass over the batch vs one patch at a time (ratio > 1: batching pays)
+        rows.append(
+            compare(
+                f"depthwise: {batch} x batch 1 -> batch {batch} (oneDNN)",
+                lambda: torch.cat(
+                    [
+                        onednn(x_cl[i : i + 1], w_cl, None, one, one, one, hidden)
+                        for i in range(batch)
+                    ]
+                ),
+                lambda: onednn(x_cl, w_cl, None, one, one, one, hidden),
+                repeats,
+            )
+        )
+    return rows
+
+
+CASES = {"fold": case_fold, "fusion": case_fusion, "depthwise": case_depthwise}
 
 
 def main() -> None:

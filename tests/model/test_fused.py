@@ -22,6 +22,7 @@ from tumsyn_bids.model import (
 )
 from tumsyn_bids.model.bundled import demo_weights
 from tumsyn_bids.model.fused import (
+    FastFusionBlock,
     FusedSynthesisNetwork,
     fold_batch_norm,
     fuse_for_inference,
@@ -116,6 +117,26 @@ def test_fused_features_equal_plain_with_residual_scale(res_scale):
         np.testing.assert_allclose(
             fused(patch, coords, text).numpy(), net(patch, coords, text).numpy(), atol=1e-5
         )
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_fast_fusion_block_equals_authors_block(small, layout):
+    """Voxel-major fusion block vs the authors' block, with the raw key/value reshape."""
+    block = load_synthesis(small / "synthesis.pth").model.fusion.block[0]
+    fast = FastFusionBlock(block)
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(2, 32, 7, 9, 8, generator=gen) * 3).contiguous(memory_format=layout)
+    text = torch.randn(2, 1, 32, generator=gen)
+    with torch.inference_mode():
+        expected = block(x, text)
+        got = fast(x, text)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        # the gate depends on the whole patch: changing one voxel moves every output voxel
+        x2 = x.clone()
+        x2[:, :, 0, 0, 0] += 5
+        moved = (fast(x2, text) - got).abs()[:, :, -1, -1, -1]
+        assert moved.max() > 1e-4
 
 
 @pytest.mark.parametrize("case", ["same_res", "sr2"])
