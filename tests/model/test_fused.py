@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import FULL, fixture_heads
@@ -22,11 +23,14 @@ from tumsyn_bids.model import (
 )
 from tumsyn_bids.model.bundled import demo_weights
 from tumsyn_bids.model.fused import (
+    FastDecoder,
     FastFusionBlock,
     FusedSynthesisNetwork,
     fold_batch_norm,
     fuse_for_inference,
+    trilinear_corners,
 )
+from tumsyn_bids.model.inference import make_coord
 from tumsyn_bids.model.volume import load_volume
 
 
@@ -139,10 +143,108 @@ def test_fast_fusion_block_equals_authors_block(small, layout):
         assert moved.max() > 1e-4
 
 
-@pytest.mark.parametrize("case", ["same_res", "sr2"])
+def _sr_grid(side: int, scale: int, batch: int) -> torch.Tensor:
+    """The engine's query grid of a cubic patch at an integer scale: (B, (side*scale)^3, 3)."""
+    c = make_coord(side * scale)
+    g = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(1, -1, 3)
+    return g.expand(batch, -1, -1).contiguous()
+
+
+def test_trilinear_corners_reproduce_grid_sample():
+    gen = torch.Generator().manual_seed(5)
+    feats = torch.randn(1, 6, 5, 7, 4, generator=gen)
+    coords = torch.cat(
+        [
+            torch.rand(1, 400, 3, generator=gen) * 2.6 - 1.3,  # inside, near and outside
+            _sr_grid(4, 1, 1)[:, :50] * torch.tensor([5 / 4, 7 / 4, 1.0]),  # voxel centres
+            torch.tensor([[[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]]),
+        ],
+        1,
+    )
+    expected = F.grid_sample(feats, coords.flip(-1)[:, None, None], align_corners=False)
+    expected = expected[0, :, 0, 0].t()
+    index, weight, _ = trilinear_corners(coords[0], (5, 7, 4))
+    fv = feats[0].permute(1, 2, 3, 0).reshape(-1, 6)
+    got = F.embedding_bag(index, fv, per_sample_weights=weight, mode="sum")
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
+    outside = (coords[0].abs() > 1.3).any(-1)
+    assert torch.all(weight.sum(-1)[outside] == 0) and outside.any()
+
+
+@pytest.fixture(scope="module")
+def demo_decoder():
+    net = load_synthesis(demo_weights()[0]).model
+    return net, FastDecoder(net.imnet)
+
+
+@pytest.mark.parametrize("order", ["plain", "factorised"])
+@pytest.mark.parametrize("budget", [None, 6 * 5 * 256 * 2, 6 * 5 * 256 * 3, 6 * 5 * 256 * 4])
+def test_fast_decoder_equals_plain_decode_at_the_patch_border(demo_decoder, order, budget):
+    """2x super-resolution of a 7x6x5 feature patch: the outermost queries sit a quarter voxel
+    outside, where grid_sample blends in its zero padding; small budgets force z-slabs of 1-3
+    planes (7 planes do not divide evenly) and small chunks split the queries."""
+    net, decoder = demo_decoder
+    if budget is not None:
+        decoder = copy.deepcopy(decoder)
+        decoder.projection_budget = budget
+    gen = torch.Generator().manual_seed(6)
+    feats = torch.randn(2, 64, 7, 6, 5, generator=gen) * 2
+    axes = [make_coord(2 * n) for n in (7, 6, 5)]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, 3)
+    coords = torch.cat([coords, torch.rand(1, 300, 3, generator=gen) * 2.4 - 1.2], 1)
+    coords = coords.expand(2, -1, -1).contiguous()
+    with torch.inference_mode():
+        expected = net.decode(feats, coords)
+        got = decoder(feats, coords, chunk=333, order=order)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-5
+    border = (coords[0].abs() > 1 - 1 / 7).any(-1)
+    assert border.sum() > 100  # the border queries are part of the comparison
+
+
+def test_bias_goes_after_sampling():
+    """Sampling commutes with the first layer's weights, not with its bias: with zero padding a
+    border query's weights sum to less than 1, so sample(W F + b) != sample(W F) + b there,
+    while inside the patch the two agree."""
+    gen = torch.Generator().manual_seed(7)
+    feats = torch.randn(1, 8, 4, 4, 4, generator=gen)
+    weight, bias = torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen)
+    coords = _sr_grid(4, 2, 1)[0]  # 8^3 queries, the outermost 1/4 voxel outside
+    index, wts, _ = trilinear_corners(coords, (4, 4, 4))
+    fv = feats[0].permute(1, 2, 3, 0).reshape(-1, 8)
+    sampled = F.embedding_bag(index, fv, per_sample_weights=wts, mode="sum")
+    reference = sampled @ weight.t() + bias  # the plain order: sample, then the layer
+    after = F.embedding_bag(index, fv @ weight.t(), per_sample_weights=wts, mode="sum") + bias
+    before = F.embedding_bag(index, fv @ weight.t() + bias, per_sample_weights=wts, mode="sum")
+    torch.testing.assert_close(after, reference, rtol=1e-5, atol=1e-5)
+    inside = wts.sum(-1) > 1 - 1e-6
+    torch.testing.assert_close(before[inside], reference[inside], rtol=1e-5, atol=1e-5)
+    assert (before[~inside] - reference[~inside]).abs().max() > 0.1
+
+
+def test_auto_order_follows_the_query_to_voxel_ratio(demo_decoder):
+    _, demo = demo_decoder
+    assert not demo.factorised_pays(8000, 8000)  # same resolution
+    assert demo.factorised_pays(27 * 8000, 8000)  # 3x super-resolution
+    published = FastDecoder(nn.Sequential(nn.Linear(771, 3072), nn.ReLU(), nn.Linear(3072, 1)))
+    assert not published.factorised_pays(216000, 216000)
+    assert published.factorised_pays(8 * 216000, 216000)
+    with pytest.raises(ValueError, match="order"):
+        demo(torch.zeros(1, 64, 2, 2, 2), torch.zeros(1, 1, 3), order="fast")
+
+
+@pytest.mark.parametrize(
+    ("case", "order"),
+    [
+        ("same_res", "auto"),
+        ("sr2", "auto"),
+        pytest.param("sr2", "factorised", marks=pytest.mark.slow),
+    ],
+)
 def test_fused_default_mode_matches_authors_loop(
-    small, small_settings, small_prompts, small_synthesizer, fused_small, volume, case
+    small, small_settings, small_prompts, small_synthesizer, fused_small, volume, case, order
 ):
+    fused_small.fused_network.decode_order = order
     run = small_settings["runs"][case]
     settings = PatchSettings(
         tuple(run["crop_size"]), tuple(run["coord_size"]), run["overlap_ratio"], batch_size=2
@@ -153,6 +255,7 @@ def test_fused_default_mode_matches_authors_loop(
     assert np.abs(out - expected).max() <= 1e-4
     plain = small_synthesizer.synthesize(volume, prompt, settings)
     assert np.abs(out - plain).max() <= 1e-5
+    fused_small.fused_network.decode_order = "auto"
 
 
 def test_reference_mode_never_runs_the_fused_copy(
