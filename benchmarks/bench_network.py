@@ -19,6 +19,7 @@ published architecture with random weights; a 60³ patch costs ~44 TFLOP, so pic
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from itertools import product
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -45,6 +47,10 @@ MODELS = {
     ),
     "published": (SynthesisConfig(), 60, 1),
 }
+
+
+#: The model name of this run, for cases that need more than the network (the text encoder).
+MODELS_ARGS: dict[str, str] = {}
 
 
 def build(model: str) -> SynthesisNetwork:
@@ -249,11 +255,56 @@ def case_decode(net, fused, patch, text, repeats) -> list[dict]:
     return rows
 
 
+def case_engine(net, fused, patch, text, repeats) -> list[dict]:
+    """Whole-volume synthesis in the engine's default mode: Synthesizer vs Synthesizer(fused).
+
+    A random volume of 2 patches per axis minus the overlap (3 x 3 x 3 patches at overlap
+    0.5), scales 1 and 2, the batch size of this run.
+    """
+    from tumsyn_bids.model import (
+        PatchSettings,
+        Synthesizer,
+        TextEncoder,
+        TextEncoderConfig,
+        load_text_encoder,
+    )
+
+    if MODELS_ARGS["model"] == "demo":
+        encoder = load_text_encoder(demo_weights()[1]).model
+    else:
+        torch.manual_seed(0)
+        cfg = TextEncoderConfig(width=64, layers=2, heads=8, embed_dim=net.config.out_dim)
+        encoder = TextEncoder(cfg)
+    batch, side = patch.shape[0], patch.shape[-1]
+    plain = Synthesizer(copy.deepcopy(net), copy.deepcopy(encoder), "cpu")
+    fast = Synthesizer(copy.deepcopy(net), copy.deepcopy(encoder), "cpu", fused=True)
+    gen = np.random.default_rng(0)
+    volume = gen.random((2 * side,) * 3, dtype=np.float32) * 1000
+    prompt = "Age: 30; Gender: F; Scanner: 3.0 Siemens; Modality: T2w"
+    rows = []
+    for scale in (1, 2):
+        settings = PatchSettings((side,) * 3, (side * scale,) * 3, batch_size=batch)
+
+        def run(synth, s=settings):
+            return torch.from_numpy(synth.synthesize(volume, prompt, s))
+
+        rows.append(
+            compare(
+                f"engine x{scale}: Synthesizer -> fused=True",
+                lambda r=run: r(plain),
+                lambda r=run: r(fast),
+                repeats,
+            )
+        )
+    return rows
+
+
 CASES = {
     "fold": case_fold,
     "fusion": case_fusion,
     "depthwise": case_depthwise,
     "decode": case_decode,
+    "engine": case_engine,
 }
 
 
@@ -267,6 +318,7 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
+    MODELS_ARGS["model"] = args.model
     torch.set_num_threads(args.threads)
     _, side, batch = MODELS[args.model]
     side = args.patch or side

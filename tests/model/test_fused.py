@@ -316,3 +316,25 @@ def test_fused_full_size_fixture_first_patch():
         patch = torch.from_numpy(inter["same_res__input_patch"])
         feats = synth.fused_network.features(patch, synth.embed(prompts["cleaned_target1"]))
     np.testing.assert_allclose(feats.numpy(), inter["same_res__fusion_out"], atol=1e-4)
+
+
+@pytest.mark.parametrize("order", ["plain", "factorised"])
+def test_fused_under_bf16_autocast_is_as_close_as_plain(demo_decoder, order):
+    """The fast preset may run bf16 autocast (CUDA): the fused network must keep working and
+    stay as close to float32 as the plain network under the same autocast (run on the CPU)."""
+    net, _ = demo_decoder
+    fused = fuse_for_inference(net)
+    fused.decode_order = order
+    gen = torch.Generator().manual_seed(8)
+    patch = torch.rand(2, 1, 12, 12, 12, generator=gen)
+    text = torch.randn(2, 64, generator=gen)
+    coords = torch.rand(2, 2000, 3, generator=gen) * 2 - 1
+    with torch.inference_mode():
+        exact = net(patch, coords, text)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = net(patch, coords, text).float()
+            got = fused(patch, coords, text)
+    assert got.dtype == torch.bfloat16
+    err_plain = (plain - exact).abs().mean().item()
+    err_fused = (got.float() - exact).abs().mean().item()
+    assert err_fused <= 2 * err_plain + 1e-4

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 from itertools import product
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -231,6 +232,15 @@ def trilinear_corners(coords: torch.Tensor, size: tuple[int, int, int]):
     return torch.stack(index, -1), torch.stack(weight, -1), lows[0]
 
 
+class _DecoderWeights(NamedTuple):
+    """The decoder's parameters in the dtype of one call, matrices transposed for ``x @ W``."""
+
+    feat_t: torch.Tensor
+    coord_t: torch.Tensor
+    bias: torch.Tensor
+    rest: list[tuple[torch.Tensor, torch.Tensor]]
+
+
 class FastDecoder(nn.Module):
     """The implicit decoder (``imnet``) with gathered trilinear sampling and a choice of order.
 
@@ -297,23 +307,15 @@ class FastDecoder(nn.Module):
         factorised = voxels * c + queries * (8 * g + 3)
         return factorised < plain
 
-    def _mlp(self, first: torch.Tensor) -> torch.Tensor:
-        """ReLU and the remaining layers, in place where possible; (k, H) -> (k,)."""
-        h = torch.relu_(first)
-        for i, layer in enumerate(self.rest):
-            h = torch.addmm(layer.bias, h, layer.weight.t())
-            if i < len(self.rest) - 1:
-                h = torch.relu_(h)
-        return h.squeeze(-1)
-
     def forward(
         self, features: torch.Tensor, coords: torch.Tensor, chunk: int = 1 << 16, order="auto"
     ) -> torch.Tensor:
         """Intensities (B, K) of features (B, C, D, H, W) at coordinates (B, K, 3).
 
         ``chunk``: at most this many query points per MLP step. ``order``: "plain",
-        "factorised" or "auto". Raises ``ValueError`` on another order or on features whose
-        channel count does not match the decoder.
+        "factorised" or "auto". Under ``torch.autocast`` the layers run in the autocast dtype
+        (the corner weights are always computed in float32). Raises ``ValueError`` on another
+        order or on features whose channel count does not match the decoder.
         """
         if order not in ("plain", "factorised", "auto"):
             raise ValueError(f"order must be 'plain', 'factorised' or 'auto', got {order!r}")
@@ -323,21 +325,54 @@ class FastDecoder(nn.Module):
         n, k = d * h * w, coords.shape[1]
         if order == "auto":
             order = "factorised" if self.factorised_pays(k, n) else "plain"
-        step = max(1, min(chunk, self.BLOCK))
-        fv = features.permute(0, 2, 3, 4, 1).reshape(
-            b, n, c
-        )  # voxel-major; a view if channels-last
-        coords = coords.to(fv.dtype)
-        out = torch.empty(b, k, dtype=fv.dtype, device=fv.device)
-        if order == "plain":
-            for bi in range(b):
-                for i in range(0, k, step):
-                    crd = coords[bi, i : i + step]
-                    index, weight, _ = trilinear_corners(crd, (d, h, w))
-                    sampled = F.embedding_bag(index, fv[bi], per_sample_weights=weight, mode="sum")
-                    first = torch.addmm(self.first_bias, sampled, self.first_feat_t)
-                    out[bi, i : i + step] = self._mlp(first.addmm_(crd, self.first_coord_t))
-            return out
+        device = features.device.type
+        dtype = torch.float32
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):
+            # voxel-major (B, N, C): a view if the features are channels-last
+            fv = features.permute(0, 2, 3, 4, 1).reshape(b, n, c).to(dtype)
+            weights = _DecoderWeights(
+                self.first_feat_t.to(dtype),
+                self.first_coord_t.to(dtype),
+                self.first_bias.to(dtype),
+                [(m.weight.t().to(dtype), m.bias.to(dtype)) for m in self.rest],
+            )
+            coords = coords.float()
+            step = max(1, min(chunk, self.BLOCK))
+            run = self._plain if order == "plain" else self._factorised
+            return run(fv, coords, (d, h, w), step, weights)
+
+    @staticmethod
+    def _first_and_rest(
+        first: torch.Tensor, coords: torch.Tensor, weights: _DecoderWeights
+    ) -> torch.Tensor:
+        """Add the coordinate part of the first layer, ReLU, the other layers; (k, H) -> (k,)."""
+        h = torch.relu_(first.addmm_(coords.to(first.dtype), weights.coord_t))
+        for i, (weight_t, bias) in enumerate(weights.rest):
+            h = torch.addmm(bias, h, weight_t)
+            if i < len(weights.rest) - 1:
+                h = torch.relu_(h)
+        return h.squeeze(-1)
+
+    def _plain(self, fv, coords, size, step, weights: _DecoderWeights) -> torch.Tensor:
+        b, k = coords.shape[:2]
+        out = fv.new_empty(b, k)
+        for bi in range(b):
+            for i in range(0, k, step):
+                crd = coords[bi, i : i + step]
+                index, weight, _ = trilinear_corners(crd, size)
+                sampled = F.embedding_bag(
+                    index, fv[bi], per_sample_weights=weight.to(fv.dtype), mode="sum"
+                )
+                first = torch.addmm(weights.bias, sampled, weights.feat_t)
+                out[bi, i : i + step] = self._first_and_rest(first, crd, weights)
+        return out
+
+    def _factorised(self, fv, coords, size, step, weights: _DecoderWeights) -> torch.Tensor:
+        b, k = coords.shape[:2]
+        d, h, w = size
+        out = fv.new_empty(b, k)
         plane = h * w
         planes = max(1, min(d, self.projection_budget // (plane * self.width) - 1))
         buffer = fv.new_empty(((planes + 1) * plane, self.width))
@@ -347,23 +382,24 @@ class FastDecoder(nn.Module):
                 z1 = min(z0 + planes, d)
                 top = min(z1 + 1, d)  # planes z0 .. top - 1 are needed (one above the slab)
                 if z0 == 0:
-                    torch.mm(fv[bi, : top * plane], self.first_feat_t, out=buffer[: top * plane])
+                    torch.mm(fv[bi, : top * plane], weights.feat_t, out=buffer[: top * plane])
                 else:  # plane z0 was the previous slab's top plane
                     buffer[:plane].copy_(buffer[planes * plane : (planes + 1) * plane])
                     rows = slice((z0 + 1) * plane, top * plane)
-                    torch.mm(
-                        fv[bi, rows], self.first_feat_t, out=buffer[plane : (top - z0) * plane]
-                    )
+                    dest = buffer[plane : (top - z0) * plane]
+                    torch.mm(fv[bi, rows], weights.feat_t, out=dest)
                 projected = buffer[: (top - z0) * plane]
                 sel = ((z_low[bi] >= z0) & (z_low[bi] < z1)).nonzero().squeeze(1)
                 for i in range(0, sel.numel(), step):
                     idx = sel[i : i + step]
                     crd = coords[bi, idx]
-                    index, weight, _ = trilinear_corners(crd, (d, h, w))
+                    index, weight, _ = trilinear_corners(crd, size)
                     index = (index - z0 * plane).clamp_(min=0)  # invalid corners have weight 0
-                    first = F.embedding_bag(index, projected, per_sample_weights=weight, mode="sum")
-                    first.addmm_(crd, self.first_coord_t).add_(self.first_bias)
-                    out[bi, idx] = self._mlp(first)
+                    first = F.embedding_bag(
+                        index, projected, per_sample_weights=weight.to(fv.dtype), mode="sum"
+                    )
+                    # the bias after sampling: a border query's weights sum to less than 1
+                    out[bi, idx] = self._first_and_rest(first.add_(weights.bias), crd, weights)
         return out
 
 
