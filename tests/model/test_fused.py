@@ -101,6 +101,24 @@ def test_fused_network_is_a_copy_for_inference_only(small):
     assert net.training
 
 
+def test_fused_network_in_float64_takes_the_portable_path(small):
+    """float64 skips the oneDNN calls: the code path CUDA takes, checked here to 1e-10."""
+    net = load_synthesis(small / "synthesis.pth").model.double()
+    fused = fuse_for_inference(net)
+    fused.fusion[0].SLAB_ROWS = 40  # slabs of a few planes
+    gen = torch.Generator().manual_seed(9)
+    patch = torch.rand(2, 1, 10, 9, 8, generator=gen, dtype=torch.float64)
+    text = torch.randn(2, 32, generator=gen, dtype=torch.float64)
+    coords = torch.rand(2, 700, 3, generator=gen, dtype=torch.float64) * 2.2 - 1.1
+    with torch.inference_mode():
+        expected = net(patch, coords, text)
+        for order in ("plain", "factorised"):
+            fused.decode_order = order
+            got = fused(patch, coords, text)
+            assert got.dtype == torch.float64
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("res_scale", [0.1, 1.0])
 def test_fused_features_equal_plain_with_residual_scale(res_scale):
     """A random mid-size network with res_scale != 1 and non-trivial BatchNorm statistics."""
@@ -124,10 +142,14 @@ def test_fused_features_equal_plain_with_residual_scale(res_scale):
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
-def test_fast_fusion_block_equals_authors_block(small, layout):
-    """Voxel-major fusion block vs the authors' block, with the raw key/value reshape."""
+@pytest.mark.parametrize("slab_planes", [None, 1, 2, 3])
+def test_fast_fusion_block_equals_authors_block(small, layout, slab_planes):
+    """Voxel-major fusion block vs the authors' block, with the raw key/value reshape; the
+    feed-forward in slabs of 1-3 z-planes (7 planes: the last slab is shorter) or whole."""
     block = load_synthesis(small / "synthesis.pth").model.fusion.block[0]
     fast = FastFusionBlock(block)
+    if slab_planes is not None:
+        fast.SLAB_ROWS = slab_planes * 9 * 8 / torch.get_num_threads()  # per thread
     gen = torch.Generator().manual_seed(2)
     x = (torch.randn(2, 32, 7, 9, 8, generator=gen) * 3).contiguous(memory_format=layout)
     text = torch.randn(2, 1, 32, generator=gen)
@@ -338,3 +360,30 @@ def test_fused_under_bf16_autocast_is_as_close_as_plain(demo_decoder, order):
     err_plain = (plain - exact).abs().mean().item()
     err_fused = (got.float() - exact).abs().mean().item()
     assert err_fused <= 2 * err_plain + 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("order", ["plain", "factorised"])
+def test_fused_network_on_cuda_matches_authors_loop(
+    small, small_settings, small_prompts, volume, order
+):
+    """The fused network on CUDA (float32, TF32 off) against the authors' expected outputs."""
+    net = load_synthesis(small / "synthesis.pth").model
+    text = load_text_encoder(small / "text_encoder.pt", heads=fixture_heads(small)).model
+    synth = Synthesizer(net, text, device="cuda", fused=True)
+    synth.fused_network.decode_order = order
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for case in ("same_res", "sr2"):
+            run = small_settings["runs"][case]
+            settings = PatchSettings(
+                tuple(run["crop_size"]),
+                tuple(run["coord_size"]),
+                run["overlap_ratio"],
+                batch_size=4,
+            )
+            out = synth.synthesize(volume, small_prompts[f"cleaned_{run['prompt']}"], settings)
+            assert np.abs(out - np.load(small / f"expected_{case}.npy")).max() <= 1e-4, case
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -16,11 +16,19 @@ whose output equals the plain network's up to float32 rounding (reduction order 
   here call oneDNN (``aten::mkldnn_convolution``) directly whatever the batch size, in the
   memory format of the weights (channels-last 3-D once the engine converts the network).
 * **Voxel-major fusion block** (:class:`FastFusionBlock`): the prompt-gating block as matrix
-  products on the (B, N, C) voxel-major view of a channels-last volume, with one-call
-  LayerNorms, in about half the passes over memory of the original. The depthwise 3x3x3
-  convolution stays a grouped convolution on channels-last memory: on the CPU it was measured
-  against a contiguous layout (1.4-3x slower), 27 shifted multiply-adds (3-12x slower) and one
-  patch per call (1.3-1.5x slower than batches of two), see ``benchmarks/bench_network.py``.
+  products on the (B, N, C) voxel-major view of a channels-last volume, one-call LayerNorms,
+  and its gated feed-forward in slabs of z-planes that stay in the CPU caches (which also
+  bounds the 4C-wide intermediates' memory). The depthwise 3x3x3 convolution stays a grouped
+  convolution on channels-last memory: on the CPU it was measured against a contiguous layout
+  (1.4-3x slower), 27 shifted multiply-adds (3-12x slower) and one patch per call (1.3-1.5x
+  slower than batches of two), see ``benchmarks/bench_network.py``.
+* **Decoder** (:class:`FastDecoder`): trilinear sampling as a gather of the 8 corner rows
+  (``embedding_bag``) instead of the CPU's slow 3-D ``grid_sample``, the MLP in cache-sized
+  blocks with in-place ReLUs, and the first layer applied once per feature voxel instead of once
+  per query point when that is cheaper (super-resolution).
+
+Every rewrite is exact in real arithmetic: in float64 the fused network equals the plain one
+to 1e-10 (``tests/model/test_fused.py``); in float32 they differ by reduction order only.
 
 The source network is left untouched: training keeps the unfused modules, and checkpoints load
 and save in the authors' format. The fused copy refuses training mode (the folded statistics
@@ -82,14 +90,27 @@ def fold_batch_norm(conv: nn.Conv3d, bn: nn.BatchNorm3d | None, scale: float = 1
     return fused
 
 
-def conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
-    """``conv(x)`` (stride 1, zero padding), through oneDNN directly for float32 on the CPU."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+def _onednn(x: torch.Tensor) -> bool:
+    """Whether a convolution of ``x`` can go to oneDNN directly (float32 on a CPU build)."""
+    return (
+        x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    )
+
+
+def conv3d(x: torch.Tensor, conv: nn.Conv3d, padding: tuple[int, int, int] | None = None):
+    """``conv(x)`` (stride 1, zero padding ``padding`` or the module's), via oneDNN if it can.
+
+    Elsewhere (CUDA, other dtypes) PyTorch's ``conv3d`` runs with the parameters in ``x``'s
+    dtype (and autocast, if on, decides as usual).
+    """
+    padding = list(padding if padding is not None else conv.padding)
+    if _onednn(x):
         one = [1, 1, 1]
         return torch.ops.aten.mkldnn_convolution(
-            x, conv.weight, conv.bias, list(conv.padding), one, one, conv.groups
+            x, conv.weight, conv.bias, padding, one, one, conv.groups
         )
-    return conv(x)
+    bias = None if conv.bias is None else conv.bias.to(x.dtype)
+    return F.conv3d(x, conv.weight.to(x.dtype), bias, padding=padding, groups=conv.groups)
 
 
 class FusedResBlock(nn.Module):
@@ -136,6 +157,12 @@ class FastFusionBlock(nn.Module):
     channel-major memory order (it is cut raw into tokens of 2C consecutive values).
     """
 
+    #: Voxels per slab of the feed-forward and per CPU thread: 2-4 MB of 256-channel rows
+    #: measured fastest on the development CPU (1.7-2.5x faster than the whole patch at once,
+    #: one thread). On a GPU the slabs only bound memory: :attr:`GPU_SLAB_ROWS` voxels each.
+    SLAB_ROWS = 2048
+    GPU_SLAB_ROWS = 1 << 16
+
     def __init__(self, block: FusionBlock) -> None:
         super().__init__()
         c = block.norm2.body.weight.shape[0]
@@ -179,6 +206,64 @@ class FastFusionBlock(nn.Module):
         out = torch.einsum("bhn,bnhd->bhd", attn, v).reshape(b, c)
         return F.linear(out, self.proj_weight, self.proj_bias)
 
+    def feed_forward(self, xn: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+        """``xn + project_out(gelu(x1) * x2)``, ``x1, x2 = dwconv(project_in(xn))``, slab-wise.
+
+        ``xn`` (B, N, C) voxel-major over a (D, H, W) volume. Runs over slabs of z-planes of
+        about :attr:`SLAB_ROWS` voxels per CPU thread, so that the 4C-wide intermediates stay
+        in the CPU caches, and their memory is bounded (published model, 60^3 patch, 2
+        threads: slabs of 1 plane, a 3-plane buffer of 3072 channels, 133 MB, instead of
+        2.6 GB per intermediate). Each slab's depthwise convolution needs the plane below and
+        above: they are carried over from the previous slab (not computed twice), and are zero
+        outside the volume, which is the convolution's zero padding.
+        """
+        device = xn.device.type
+        if torch.is_autocast_enabled(device):  # run in the autocast dtype, explicitly
+            with torch.autocast(device, enabled=False):
+                return self._feed_forward(xn, size, torch.get_autocast_dtype(device))
+        return self._feed_forward(xn, size, xn.dtype)
+
+    def _feed_forward(
+        self, xn: torch.Tensor, size: tuple[int, int, int], dtype: torch.dtype
+    ) -> torch.Tensor:
+        b, n, c = xn.shape
+        depth, height, width = size
+        plane = height * width
+        xn = xn.to(dtype)
+        w_in, w_out = self.in_weight.t().to(dtype), self.out_weight.t().to(dtype)
+        hidden = w_in.shape[1]
+        if xn.device.type == "cpu":
+            slab_rows = self.SLAB_ROWS * torch.get_num_threads()
+        else:
+            slab_rows = self.GPU_SLAB_ROWS
+        planes = max(1, min(depth, round(slab_rows / plane)))
+        out = torch.empty_like(xn)
+        buf = xn.new_empty(((planes + 2) * plane, hidden))  # planes z0 - 1 .. z1 of a slab
+        for bi in range(b):
+            for z0 in range(0, depth, planes):
+                z1 = min(z0 + planes, depth)
+                if z0 == 0:
+                    buf[:plane].zero_()
+                    first = 0
+                else:  # planes z0 - 1 and z0 were computed for the previous slab
+                    buf[:plane].copy_(buf[planes * plane : (planes + 1) * plane])
+                    buf[plane : 2 * plane].copy_(buf[(planes + 1) * plane : (planes + 2) * plane])
+                    first = z0 + 1
+                last = min(z1 + 1, depth)
+                rows = slice((first - z0 + 1) * plane, (last - z0 + 1) * plane)
+                torch.mm(xn[bi, first * plane : last * plane], w_in, out=buf[rows])
+                if last == z1:  # the slab ends the volume: zero padding above it
+                    buf[(last - z0 + 1) * plane : (z1 - z0 + 2) * plane].zero_()
+                m = z1 - z0
+                vol = buf[: (m + 2) * plane].view(1, m + 2, height, width, hidden)
+                # planes z0 - 1 and z1 are in the buffer: no padding in z
+                dw = conv3d(vol.permute(0, 4, 1, 2, 3), self.dwconv, padding=(0, 1, 1))
+                dw = dw.permute(0, 2, 3, 4, 1).reshape(m * plane, hidden)
+                gated = F.gelu(dw[:, : hidden // 2]).mul_(dw[:, hidden // 2 :])
+                span = slice(z0 * plane, z1 * plane)
+                torch.addmm(xn[bi, span], gated, w_out, out=out[bi, span])
+        return out
+
     def forward(self, x: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """(B, C, D, H, W) features and a (B, C) or (B, 1, C) prompt embedding -> same shape."""
         b, c, depth, height, width = x.shape
@@ -189,13 +274,7 @@ class FastFusionBlock(nn.Module):
         y = self.text_lora(text_emb)
         g = self.gate(xv, y)
         xn = F.layer_norm(xv * g[:, None, :], (c,), self.norm2_weight, self.norm2_bias, 1e-5)
-        hid = xn @ self.in_weight.t()  # (B, N, hidden) = channels-last (B, hidden, D, H, W)
-        hidden = hid.shape[-1]
-        vol = hid.view(b, depth, height, width, hidden).permute(0, 4, 1, 2, 3)
-        hid = conv3d(vol, self.dwconv)
-        hid = hid.permute(0, 2, 3, 4, 1).reshape(b, -1, hidden)
-        gated = F.gelu(hid[..., : hidden // 2]).mul_(hid[..., hidden // 2 :])
-        out = torch.baddbmm(xn, gated, self.out_weight.t().expand(b, -1, -1))
+        out = self.feed_forward(xn, (depth, height, width))
         out = F.layer_norm(out, (c,), self.norm3_weight, self.norm3_bias, 1e-5)
         return out.view(b, depth, height, width, c).permute(0, 4, 1, 2, 3)
 
@@ -249,10 +328,10 @@ class FastDecoder(nn.Module):
     :func:`trilinear_corners` -- equal to ``grid_sample`` up to float rounding, and much faster on
     the CPU, where PyTorch's 3-D ``grid_sample`` does not vectorise over channels.
 
-    Blocks: queries run through the MLP ``block`` rows at a time (at most the caller's
-    ``chunk``), so that each layer's activations stay in the CPU caches between the matrix
-    product, the bias and the ReLU (in place); 2048 rows measured fastest for the demo and the
-    published widths, 1.3-1.6x faster than 65,536.
+    Blocks: on the CPU, queries run through the MLP :attr:`BLOCK` rows at a time (at most the
+    caller's ``chunk``), so that each layer's activations stay in the CPU caches between the
+    matrix product, the bias and the ReLU (in place); 2048 rows measured fastest for the demo
+    and the published widths, 1.3-1.6x faster than 65,536. On a GPU, ``chunk`` rows.
 
     Order: the first layer is linear, ``W [f; c] + b = W_f f + W_c c + b``, and trilinear
     sampling is a weighted sum, so ``W_f sample(F) = sample(W_f F)``: the feature part of the
@@ -272,7 +351,7 @@ class FastDecoder(nn.Module):
     #: Cost of one gathered multiply-add relative to one in a matrix product, measured on the
     #: 2-core CPU used for development (about 8 for 64-768 channels); used by the "auto" order.
     GATHER_COST = 8.0
-    #: Query rows per MLP step (cache-sized); see the class docstring.
+    #: Query rows per MLP step on the CPU (cache-sized); see the class docstring.
     BLOCK = 2048
 
     def __init__(self, mlp: nn.Module, projection_budget: int = 1 << 26) -> None:
@@ -326,7 +405,7 @@ class FastDecoder(nn.Module):
         if order == "auto":
             order = "factorised" if self.factorised_pays(k, n) else "plain"
         device = features.device.type
-        dtype = torch.float32
+        dtype = features.dtype
         if torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)
         with torch.autocast(device, enabled=False):
@@ -338,8 +417,8 @@ class FastDecoder(nn.Module):
                 self.first_bias.to(dtype),
                 [(m.weight.t().to(dtype), m.bias.to(dtype)) for m in self.rest],
             )
-            coords = coords.float()
-            step = max(1, min(chunk, self.BLOCK))
+            coords = coords.to(torch.promote_types(coords.dtype, torch.float32))
+            step = max(1, min(chunk, self.BLOCK) if device == "cpu" else chunk)
             run = self._plain if order == "plain" else self._factorised
             return run(fv, coords, (d, h, w), step, weights)
 
@@ -418,6 +497,7 @@ class FusedSynthesisNetwork(nn.Module):
         self.imnet = FastDecoder(network.imnet)
         #: Decoder order: "auto", "plain" or "factorised" (see FastDecoder).
         self.decode_order = "auto"
+        self.requires_grad_(False)
         self.eval()
 
     def train(self, mode: bool = True) -> FusedSynthesisNetwork:
