@@ -90,8 +90,10 @@ def compare(
         cpu: dict[str, list[float]] = {"plain": [], "alt": []}
         for _ in range(repeats):
             for key, fn in (("plain", plain), ("alt", alt)):
+                _sync()
                 t, c = time.perf_counter(), time.process_time()
                 fn()
+                _sync()
                 wall[key].append(time.perf_counter() - t)
                 cpu[key].append(time.process_time() - c)
 
@@ -119,11 +121,18 @@ def compare(
     return row
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 @contextmanager
 def module_convolutions():
     """Make model.fused call each module's own forward (PyTorch's kernel choice)."""
     saved = fused_module.conv3d
-    fused_module.conv3d = lambda x, conv: conv(x)
+    fused_module.conv3d = lambda x, conv, padding=None: F.conv3d(
+        x, conv.weight, conv.bias, padding=padding or conv.padding, groups=conv.groups
+    )
     try:
         yield
     finally:
@@ -179,6 +188,9 @@ def shifted_depthwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def case_depthwise(net, fused, patch, text, repeats) -> list[dict]:
     """The fusion block's depthwise 3x3x3 convolution at its shape: layouts, kernels, batches."""
+    if patch.device.type != "cpu":
+        print("depthwise: CPU only (oneDNN kernels), skipped on", patch.device)
+        return []
     conv = net.fusion.block[0].mlp.dwconv
     hidden = conv.weight.shape[0]
     batch, side = patch.shape[0], patch.shape[-1]
@@ -238,9 +250,10 @@ def case_decode(net, fused, patch, text, repeats) -> list[dict]:
         feats = fused.features(patch, text)
     batch, side = patch.shape[0], patch.shape[-1]
     chunk = 1 << 16
+    scales = (1, 2, 3) if patch.device.type == "cpu" or side <= 32 else (1, 2)
     rows = []
-    for scale in (1, 2, 3):
-        coords = grid(side * scale, batch)
+    for scale in scales:
+        coords = grid(side * scale, batch).to(patch.device)
         auto = fused.imnet.factorised_pays(coords.shape[1], side**3)
         for order in ("plain", "factorised"):
             rows.append(
@@ -276,8 +289,9 @@ def case_engine(net, fused, patch, text, repeats) -> list[dict]:
         cfg = TextEncoderConfig(width=64, layers=2, heads=8, embed_dim=net.config.out_dim)
         encoder = TextEncoder(cfg)
     batch, side = patch.shape[0], patch.shape[-1]
-    plain = Synthesizer(copy.deepcopy(net), copy.deepcopy(encoder), "cpu")
-    fast = Synthesizer(copy.deepcopy(net), copy.deepcopy(encoder), "cpu", fused=True)
+    dev = str(patch.device)
+    plain = Synthesizer(copy.deepcopy(net), copy.deepcopy(encoder), dev)
+    fast = Synthesizer(copy.deepcopy(net), copy.deepcopy(encoder), dev, fused=True)
     gen = np.random.default_rng(0)
     volume = gen.random((2 * side,) * 3, dtype=np.float32) * 1000
     prompt = "Age: 30; Gender: F; Scanner: 3.0 Siemens; Modality: T2w"
@@ -315,6 +329,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, help="patches per pass (default: the model's)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
@@ -323,14 +338,19 @@ def main() -> None:
     _, side, batch = MODELS[args.model]
     side = args.patch or side
     batch = args.batch_size or batch
-    cl = torch.channels_last_3d
-    net = build(args.model).to(memory_format=cl)
-    fused = fuse_for_inference(net).to(memory_format=cl)
+    device = torch.device(args.device)
+    # the engine's layouts: channels-last on the CPU, contiguous on CUDA (TF32 off: exact)
+    cl = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    net = build(args.model).to(device, memory_format=cl)
+    fused = fuse_for_inference(net).to(device, memory_format=cl)
     gen = torch.Generator().manual_seed(0)
-    patch = torch.rand(batch, 1, side, side, side, generator=gen).contiguous(memory_format=cl)
-    text = torch.randn(batch, net.config.out_dim, generator=gen)
+    patch = torch.rand(batch, 1, side, side, side, generator=gen).to(device)
+    patch = patch.contiguous(memory_format=cl)
+    text = torch.randn(batch, net.config.out_dim, generator=gen).to(device)
     print(
-        f"model {args.model}, patch {side}³, batch {batch}, threads {torch.get_num_threads()}, "
+        f"model {args.model}, patch {side}³, batch {batch}, {device}, "
+        f"threads {torch.get_num_threads()}, "
         f"torch {torch.__version__}; times are per pass of {batch} patch(es)",
         flush=True,
     )
@@ -340,6 +360,8 @@ def main() -> None:
     if args.json:
         report = {
             "model": args.model,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "patch": side,
             "batch": batch,
             "threads": torch.get_num_threads(),
