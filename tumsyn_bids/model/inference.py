@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import InputImageError
+from .fused import fuse_for_inference
 from .network import SynthesisNetwork
 from .text_encoder import TextEncoder
 from .tokenizer import CONTEXT_LENGTH, tokenize
@@ -260,6 +261,7 @@ class Synthesizer:
         device: str | torch.device = "auto",
         precision: str = "fp32",
         channels_last: bool | None = None,
+        fused: bool = False,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -274,6 +276,12 @@ class Synthesizer:
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.network = network.to(self.device).eval()
         self.network.to(memory_format=self.memory_format)
+        # fused=True: the default mode runs an inference-only copy with exact speed-ups
+        # (model.fused); reference mode always runs the network as loaded.
+        self.fused_network = None
+        if fused:
+            self.fused_network = fuse_for_inference(self.network)
+            self.fused_network.to(memory_format=self.memory_format)
         self.text_encoder = text_encoder.to(self.device).eval()
         self._embeddings: dict[str, torch.Tensor] = {}
         self.last_stats: PatchStats | None = None
@@ -382,16 +390,19 @@ class Synthesizer:
         total = np.zeros(out_shape, dtype=np.float64)
         count = np.zeros(out_shape, dtype=np.float64)
         source = torch.from_numpy(np.ascontiguousarray(norm))
+        network = self.network
+        if self.fused_network is not None and not settings.reference:
+            network = self.fused_network
         bar = tqdm(total=len(todo), desc="synthesis", unit="patch", disable=not progress)
         with self._autocast(settings.reference), self._exact_float32(settings.reference):
             for batch in _batches(todo, settings.batch_size):
                 crops = [source[z : z + cz, y : y + cy, x : x + cx] for z, y, x in _starts(batch)]
                 patches = torch.stack(crops)[:, None].to(self.device)
                 patches = patches.contiguous(memory_format=self.memory_format)
-                feats = self.network.features(patches, text.expand(len(batch), -1))
+                feats = network.features(patches, text.expand(len(batch), -1))
                 pad_to = tuple(max(j.out_shape[a] for j in batch) for a in range(3))
                 grid = torch.stack([_grid(j.coords, pad_to) for j in batch]).to(self.device)
-                preds = self._decode_chunked(feats, grid, settings.decoder_chunk)
+                preds = network.decode_chunked(feats, grid, settings.decoder_chunk)
                 preds = preds.float().cpu().numpy().reshape(len(batch), *pad_to)
                 for job, pred in zip(batch, preds, strict=True):
                     (oz, oy, ox), (nz, ny, nx) = job.out_start, job.out_shape
@@ -408,14 +419,6 @@ class Synthesizer:
             )
         with np.errstate(invalid="ignore", divide="ignore"):
             return total / count
-
-    def _decode_chunked(self, feats: torch.Tensor, grid: torch.Tensor, chunk: int) -> torch.Tensor:
-        per_call = max(1, chunk // feats.shape[0])
-        parts = [
-            self.network.decode(feats, grid[:, i : i + per_call])
-            for i in range(0, grid.shape[1], per_call)
-        ]
-        return torch.cat(parts, dim=1)
 
 
 @dataclass(frozen=True)

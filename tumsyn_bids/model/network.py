@@ -223,6 +223,21 @@ class SynthesisNetwork(nn.Module):
         inp = torch.cat([sampled, coords.to(sampled.dtype)], dim=-1)
         return self.imnet(inp).squeeze(-1)
 
+    def decode_chunked(
+        self, features: torch.Tensor, coords: torch.Tensor, chunk: int
+    ) -> torch.Tensor:
+        """:meth:`decode` of (B, K, 3) coordinates, ``chunk`` query points (in all) per call.
+
+        Bounds the decoder's activations to ``chunk`` x its widest layer whatever K; the result
+        does not depend on ``chunk`` beyond float rounding.
+        """
+        per_call = max(1, chunk // features.shape[0])
+        parts = [
+            self.decode(features, coords[:, i : i + per_call])
+            for i in range(0, coords.shape[1], per_call)
+        ]
+        return torch.cat(parts, dim=1)
+
     def forward(
         self, patch: torch.Tensor, coords: torch.Tensor, text_emb: torch.Tensor
     ) -> torch.Tensor:
