@@ -27,7 +27,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -521,41 +520,43 @@ def test_dry_run_exits_as_the_real_run_would(tmp_path):
 # ------------------------------------------------------------------------------ unprivileged
 
 
+#: Capabilities that let root ignore file permissions; without them root is checked like any
+#: other owner (mode 000: no read, mode 555: no write), see capabilities(7).
+_DAC_CAPABILITIES = "-dac_override,-dac_read_search"
+
+
 def _unprivileged(argv: list[str], home: Path) -> subprocess.CompletedProcess:
-    """Run ``tumsyn`` as a user without privileges: root ignores file permissions, so the
-    permission cases run as ``nobody`` through util-linux's ``setpriv`` when the tests run as
-    root (as in CI here); as any other user, directly."""
+    """Run ``tumsyn`` without the privilege of ignoring file permissions. As root (CI here),
+    util-linux's ``setpriv`` drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the child's
+    bounding set, so permission bits apply to it as to the files' owner; as any other user the
+    child runs directly."""
     cmd = [sys.executable, "-m", "tumsyn_bids.cli.run", *argv]
     env = {**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(home / "mpl")}
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("running as root without util-linux setpriv: cannot drop privileges")
-        cmd = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd]
+        cmd = [setpriv, f"--bounding-set={_DAC_CAPABILITIES}", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
-@pytest.fixture
-def shared_tmp():
-    """A temporary folder other users can enter (pytest's own is private to its user)."""
-    folder = Path(tempfile.mkdtemp(prefix="tumsyn-unprivileged-"))
-    folder.chmod(0o755)
-    yield folder
-    for path in folder.rglob("*"):
-        if not path.is_symlink():
-            path.chmod(0o755 if path.is_dir() else 0o644)
-    shutil.rmtree(folder)
-
-
-def _give_to_nobody(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
+def test_dropped_capabilities_really_apply_permissions(tmp_path):
+    """The mechanism the permission cases rely on: a mode-000 file cannot be read."""
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    secret.chmod(0o000)
+    home = tmp_path / "home"
+    home.mkdir()
+    res = _unprivileged(["--version"], home)  # the child itself starts fine
+    assert res.returncode == 0, res.stderr
+    probe = [sys.executable, "-c", f"open({str(secret)!r}).read()"]
     if os.geteuid() == 0:
-        os.chown(path, 65534, 65534)
+        probe = [shutil.which("setpriv"), f"--bounding-set={_DAC_CAPABILITIES}", *probe]
+    assert subprocess.run(probe, capture_output=True).returncode != 0
 
 
 def _mode_000_image(bids: Path, tmp: Path) -> None:
     (bids / SUB02).chmod(0o000)
-    _give_to_nobody(tmp / "out")
 
 
 def _read_only_output(bids: Path, tmp: Path) -> None:
@@ -572,13 +573,11 @@ UNPRIVILEGED = [
 
 
 @pytest.mark.parametrize("case", UNPRIVILEGED, ids=[c.name for c in UNPRIVILEGED])
-def test_permission_cases_as_an_unprivileged_user(case: Case, shared_tmp: Path):
+def test_permission_cases_as_an_unprivileged_user(case: Case, tmp_path: Path):
+    shared_tmp = tmp_path
     bids = dataset(shared_tmp / "bids")
-    for path in [bids, *bids.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
     home = shared_tmp / "home"
-    _give_to_nobody(home)
-    _give_to_nobody(shared_tmp / "w")
+    home.mkdir()
     case.build(bids, shared_tmp)
     before = tree_digest_as_root(bids)
     res = _unprivileged(_argv(bids, shared_tmp, [], dry=True), home)
@@ -593,6 +592,9 @@ def test_permission_cases_as_an_unprivileged_user(case: Case, shared_tmp: Path):
     plan = read_run_plans(shared_tmp / "out")
     assert list(plan.loc[plan["source"] == SUB01, "status"]) == ["planned"]
     assert partial_files(shared_tmp / "out") == []
+    for path in (bids / SUB02, shared_tmp / "out"):  # let pytest clean up
+        if path.exists():
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def tree_digest_as_root(root: Path) -> dict[str, str]:
