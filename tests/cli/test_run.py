@@ -20,10 +20,12 @@ from tumsyn_bids.runlog import list_runs, read_run_configs, read_run_plans
 
 
 def model_args() -> list[str]:
+    """The small reference model, on the source as stored (``--preproc none``): these tests
+    check the app against the engine and the authors' loop on unpreprocessed input."""
     return [
         "--checkpoint", str(SMALL / "synthesis.pth"),
         "--text-encoder", str(SMALL / "text_encoder.pt"),
-        "--text-heads", "2", "--patch-size", "20",
+        "--text-heads", "2", "--patch-size", "20", "--preproc", "none",
     ]  # fmt: skip
 
 
