@@ -32,6 +32,9 @@ Rules:
   the grid is :func:`~tumsyn_bids.preproc.orientation.conformed_output_grid`'s, which for the
   centred default rule is the same grid and in reference mode anchors the authors' grid at the
   conformed axes' first voxel.
+  Its prompts (source and target) then state voxel sizes along the conformed axes, the order
+  of the image the network reads; the sidecar's ``TargetProtocol.VoxelSize`` and the header
+  keep the source's (i, j, k) order of the written image.
 * **T1w reference.** With preprocessing, a source of another suffix gets the first T1w of its
   session (by path, without a ``ce`` entity) as ``anat_reference``: its brain mask is carried
   over to the source (docs/preprocessing.md). None when the session has no T1w.
@@ -56,9 +59,9 @@ from .bids.records import ScanIndex, ScanRecord, t1w_reference
 from .config import DEFAULT_SOURCES, SUPPORTED_TARGETS, SynthesisRequest
 from .model.grid import GridError, OutputGrid, output_grid
 from .model.tokenizer import count_tokens
-from .preproc.orientation import conformed_output_grid
+from .preproc.orientation import conformed_output_grid, orientation_of, to_conformed_axes
 from .prompts.protocol import Protocol, protocol_from_sidecar
-from .prompts.template import target_prompt
+from .prompts.template import build_prompt, target_prompt
 from .prompts.values import PromptError
 
 __all__ = [
@@ -305,6 +308,18 @@ def _plan_job(
         return _row(record, **base, status="error", message=f"{record.relpath}: {exc}")
     base["output_grid"] = grid
     voxel = grid.voxel_size if grid is not None else (None, None, None)
+    source_prompt = record.prompt
+    if preprocess and grid is not None:
+        # The network reads the conformed image: its prompts state voxel sizes in that order.
+        axes = orientation_of(record.shape, record.affine)
+        voxel = to_conformed_axes(grid.voxel_size, axes)
+        stored = tuple(record.voxel_size or ())
+        source_voxels = to_conformed_axes(stored, axes) if len(stored) == 3 else stored
+        if source_prompt and source_voxels != stored:
+            source_prompt = build_prompt(
+                record.modality, record.protocol, record.demographics, source_voxels
+            )
+        base["source_prompt"] = source_prompt
     try:
         protocol: Protocol = protocol_from_sidecar(metadata)
         prompt = target_prompt(
@@ -313,7 +328,7 @@ def _plan_job(
     except PromptError as exc:
         return _row(record, **base, status="error", message=f"{output}: {exc}")
     base["target_prompt"] = prompt
-    for which, text in (("source", record.prompt), ("target", prompt)):
+    for which, text in (("source", source_prompt), ("target", prompt)):
         n = count_tokens(text)
         if n > request.context_length:
             return _row(

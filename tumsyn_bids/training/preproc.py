@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..config import PreprocConfig
 from .data import TrainingImage
+from .errors import TrainingDataError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,13 +52,12 @@ def preprocess_images(
     work_dir: Path,
     preproc: PreprocConfig,
     omp_nthreads: int = 1,
-    n_procs: int = 1,
 ) -> dict[str, Path]:
     """Preprocess ``images`` with the app's nodes under ``work_dir``; relpath -> brain file.
 
     Returns the conformed, brain-extracted image (``brain_file``) of every image, in the work
-    folder. Raises ``RuntimeError`` (nipype's) when a node fails; its crash file is in the
-    working directory.
+    folder. Raises :class:`~tumsyn_bids.training.errors.TrainingDataError` when a node fails
+    (an unusable image: its crash file in ``work_dir/crash`` says why).
     """
     from nipype.pipeline import engine as pe
 
@@ -92,10 +92,18 @@ def preprocess_images(
                     ("outputnode.mask_source", "inputnode.t1w_mask"),
                 ]),
             ])  # fmt: skip
+    crash_dir = str(Path(work_dir) / "crash")
     for name in sorted(sessions):
+        for node in sessions[name]._get_all_nodes():
+            node.config = {"execution": {"crashdump_dir": crash_dir, "crashfile_format": "txt"}}
         top.add_nodes([sessions[name]])
-    plugin = ("MultiProc", {"n_procs": n_procs}) if n_procs > 1 else ("Linear", {})
-    graph = top.run(plugin=plugin[0], plugin_args=plugin[1])
+    try:
+        graph = top.run(plugin="Linear")
+    except RuntimeError as exc:  # nipype lists the failed nodes; their crash files say why
+        raise TrainingDataError(
+            f"preprocessing failed ({str(exc).strip().splitlines()[0]}); the crash files in "
+            f"{crash_dir} hold the tracebacks"
+        ) from None
     ends = {}
     for node in graph.nodes():
         if node.name == "apply_mask":
