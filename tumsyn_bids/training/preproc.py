@@ -62,7 +62,7 @@ def preprocess_images(
     from nipype.pipeline import engine as pe
 
     from ..workflows.anat import init_anat_wf
-    from ..workflows.base import anat_workflow_name, session_workflow_name
+    from ..workflows.base import anat_workflow_name, node_config, session_workflow_name
 
     refs = _references(images)
     top = pe.Workflow(name="tumsyn_wf", base_dir=str(work_dir))
@@ -95,7 +95,7 @@ def preprocess_images(
     crash_dir = str(Path(work_dir) / "crash")
     for name in sorted(sessions):
         for node in sessions[name]._get_all_nodes():
-            node.config = {"execution": {"crashdump_dir": crash_dir, "crashfile_format": "txt"}}
+            node.config = node_config(crash_dir)
         top.add_nodes([sessions[name]])
     try:
         graph = top.run(plugin="Linear")

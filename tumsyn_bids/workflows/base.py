@@ -389,6 +389,20 @@ def init_job_wf(
     return wf
 
 
+def node_config(crash_dir: str | Path) -> dict[str, dict[str, str]]:
+    """The nipype settings of every node a run builds: crash files (as text) in ``crash_dir``
+    and every output kept. Keeping outputs also keeps each node's hash free of which outputs
+    its workflow reads, so the app and ``tumsyn-train --preproc``, whose workflows read
+    different outputs of the same preprocessing nodes, share a work folder's cache."""
+    return {
+        "execution": {
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "remove_unnecessary_outputs": "false",
+        }
+    }
+
+
 def session_workflow_name(subject: str, session: str | None) -> str:
     """``sub_01_ses_1_wf``: the workflow of one participant/session."""
     return f"sub_{_safe(subject)}" + (f"_ses_{_safe(session)}" if session else "") + "_wf"
@@ -543,8 +557,6 @@ def init_tumsyn_wf(
         # Per node: nipype reads crashdump_dir from each node's own config, and the config of a
         # nested workflow is not passed down to its nodes.
         for node in sub_wfs[sub_name]._get_all_nodes():
-            node.config = {
-                "execution": {"crashdump_dir": crash_dirs[sub_name], "crashfile_format": "txt"}
-            }
+            node.config = node_config(crash_dirs[sub_name])
         wf.add_nodes([sub_wfs[sub_name]])
     return wf
