@@ -70,6 +70,10 @@ def test_participant_run_writes_derivatives(app_run):
         assert len(side["Model"]["Checkpoints"]["Synthesis"]["SHA256"]) == 64
         # no --batch-size: 20-voxel patches go two to a pass, and the sidecar says so
         assert side["Inference"]["BatchSize"] == 2
+        # --preproc none: the source as stored, no mask, no preprocessing record
+        assert side["SkullStripped"] is False and "Preprocessing" not in side
+        assert len(side["Sources"]) == 1 and "Patches" not in side["Inference"]
+        assert not list((out / rel).parent.glob("*desc-brain_mask*"))
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Name"] == "tumsyn-bids"

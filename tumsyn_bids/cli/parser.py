@@ -327,6 +327,8 @@ def _execution(args: argparse.Namespace) -> ExecutionConfig:
         if not isinstance(spec, dict):
             raise CLIError(errors.EX_USAGE, f"--use-plugin {args.use_plugin}: not a mapping")
         plugin, plugin_args = spec.get("plugin", "MultiProc"), dict(spec.get("plugin_args") or {})
+        if plugin == "MultiProc":  # see below: forked workers deadlock in torch
+            plugin_args.setdefault("mp_context", "forkserver")
     elif args.nprocs == 1:
         plugin, plugin_args = "Linear", {}
     else:
