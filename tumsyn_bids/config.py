@@ -91,6 +91,46 @@ class ExecutionConfig:
     overwrite: bool = False
 
 
+#: ``--preproc``: ``full`` preprocesses every source (docs/preprocessing.md); ``none`` gives the
+#: network the source as stored, without a brain mask (the behaviour before preprocessing).
+PREPROC_MODES: tuple[str, ...] = ("full", "none")
+#: ``--skull-strip-source``: strip unless already brain-extracted, always, never.
+SKULL_STRIP_MODES: tuple[str, ...] = ("auto", "force", "skip")
+
+
+@dataclass(frozen=True)
+class PreprocConfig:
+    """How source images are preprocessed before synthesis, and how outputs are masked.
+
+    ``preproc`` is ``full`` (conform to RAS+, brain mask, N4, brain extraction; results mapped
+    back onto the source grid) or ``none`` (the source as stored, no mask); the other settings
+    apply to ``full`` only. ``skull_strip_source`` is ``auto``, ``force`` or ``skip``; ``inu``
+    False is ``--no-inu``; ``mask_output`` False is ``--no-mask-output`` (keep the network's
+    output outside the brain mask, and compute every patch); ``save_preproc`` writes the
+    preprocessed source (``desc-preproc_<suffix>``). Raises ``ValueError`` for an unknown mode.
+    """
+
+    preproc: str = "full"
+    skull_strip_source: str = "auto"
+    inu: bool = True
+    mask_output: bool = True
+    save_preproc: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preproc not in PREPROC_MODES:
+            raise ValueError(f"preproc must be one of {', '.join(PREPROC_MODES)}: {self.preproc!r}")
+        if self.skull_strip_source not in SKULL_STRIP_MODES:
+            raise ValueError(
+                f"skull_strip_source must be one of {', '.join(SKULL_STRIP_MODES)}: "
+                f"{self.skull_strip_source!r}"
+            )
+
+    @property
+    def full(self) -> bool:
+        """Whether sources are preprocessed (``--preproc full``)."""
+        return self.preproc == "full"
+
+
 def new_run_id() -> str:
     """A run's identifier: its UTC start time (ms) and 8 random hex digits, e.g.
     ``20250101T120000.123Z-1a2b3c4d``; names sort by start time, and two runs started at the
@@ -103,7 +143,8 @@ def new_run_id() -> str:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One ``tumsyn`` run, resolved: paths, selection, request, inference and execution.
+    """One ``tumsyn`` run, resolved: paths, selection, request, inference, execution and
+    preprocessing.
 
     ``run_id`` (:func:`new_run_id`) names the run's own log folder, ``logs/run-<run_id>/``.
     """
@@ -119,6 +160,7 @@ class RunConfig:
     request: SynthesisRequest = field(default_factory=SynthesisRequest)
     inference: InferenceConfig | None = None
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    preproc: PreprocConfig = field(default_factory=PreprocConfig)
     dry_run: bool = False
     reports_only: bool = False
     #: ``--list-participants``: where the selected labels go (``"-"``: standard output).

@@ -4,8 +4,9 @@ The command line (:mod:`tumsyn_bids.cli.run`) parses, validates and decides exit
 module only runs what it is given and returns the plan with every job's final status:
 
 * ``done``: the output and its sidecar exist (message: a repair the check made, if any);
-* ``error``: the ``CheckImage`` node refused the source's voxel data (a data problem: the
-  message is the check's one line, ``sub-XX/.../file.nii.gz: reason``);
+* ``error``: the ``CheckImage`` node refused the voxel data of the source, or of the T1w whose
+  brain mask it takes (a data problem: the message is the check's one line,
+  ``sub-XX/.../file.nii.gz: reason``);
 * ``failed``: a node crashed (message: the node, the exception's last line and the crash file
   that holds the traceback).
 
@@ -30,7 +31,7 @@ from . import __version__
 from .batch import graph_plugin_args, prepare_environment, wait_for_graph_jobs
 from .bids.dataset import detect_container, write_dataset_description
 from .bids.io import atomic_write_json, atomic_write_text, is_finished
-from .bids.names import subject_log_dir
+from .bids.names import bids_uri, brain_mask_relpath, subject_log_dir
 from .bids.sidecars import inference_record, model_record, software_versions, synthesis_sidecar
 from .config import RunConfig
 from .interfaces.images import DATA_ERROR_FILE
@@ -39,7 +40,7 @@ from .model.metadata import DEFAULT_TEXT_HEADS, checkpoint_metadata, file_sha256
 from .plan import write_plan_tsv
 from .runlog import run_log_dir
 from .workflows import init_tumsyn_wf
-from .workflows.base import job_dir, job_workflows
+from .workflows.base import anat_workflow_name, job_dir, job_workflows
 from .workflows.citation import write_citation
 
 LOGGER = logging.getLogger("tumsyn_bids.pipeline")
@@ -119,7 +120,12 @@ def _merge_jobs(
 
 
 def build_sidecars(plan: pd.DataFrame, config: RunConfig) -> dict[str, dict[str, Any]]:
-    """The JSON sidecar of every planned output (nothing in it depends on the run's timing)."""
+    """The JSON sidecar of every planned output (nothing in it depends on the run's timing).
+
+    With preprocessing, ``Sources`` also names the source's brain mask (a BIDS URI into this
+    dataset); what preprocessing found is added when it has run
+    (:func:`tumsyn_bids.bids.sidecars.complete_sidecar`).
+    """
     inference = config.inference
     recorded = checkpoint_metadata(inference.checkpoint)
     heads = inference.text_heads or checkpoint_metadata(inference.text_encoder).get(
@@ -160,6 +166,9 @@ def build_sidecars(plan: pd.DataFrame, config: RunConfig) -> dict[str, dict[str,
             software=versions,
             target_protocol={**row.target_protocol, "VoxelSize": list(grid.voxel_size)},
             output_voxel_size=voxel,
+            extra_sources=[bids_uri(brain_mask_relpath(row.source), "")]
+            if config.preproc.full
+            else [],
         )
     return sidecars
 
@@ -200,21 +209,40 @@ def quiet_nipype_errors(log_file: Path) -> Iterator[None]:
             handler.removeFilter(hold)
 
 
-#: The nodes of one job, in the order they run.
-JOB_NODES = ("check_image", "synthesize", "postprocess", "ds_synthesized")
+def job_folders(work_dir: Path, names: tuple[str, str], row: Any) -> list[Path]:
+    """The work-dir folders whose nodes a job depends on, upstream first: the T1w reference's
+    anat workflow (if any), the source's anat workflow, the job's own workflow."""
+    folders = []
+    reference = getattr(row, "anat_reference", None)
+    if isinstance(reference, str) and reference:
+        folders.append(job_dir(work_dir, (names[0], anat_workflow_name(reference))))
+    folders.append(job_dir(work_dir, (names[0], anat_workflow_name(row.source))))
+    folders.append(job_dir(work_dir, names))
+    return folders
 
 
-def _crash_line(output: str, folder: Path, crash_dir: Path, output_dir: Path, since: float) -> str:
-    """One line for a job that crashed: the node, the exception and its crash file."""
+def _crash_line(
+    output: str, folders: list[Path], crash_dir: Path, output_dir: Path, since: float
+) -> str:
+    """One line for a job that crashed: the node, the exception and its crash file. Crash
+    files of the folders' nodes are searched upstream first (a failed preprocessing node is
+    why the synthesis never ran)."""
     crashes = sorted(crash_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for node in JOB_NODES:
-        marker = f"Working directory: {folder / node}\n"
-        for crash in crashes:
-            if crash.stat().st_mtime < since - 1:
-                break
-            text = crash.read_text(encoding="utf-8", errors="replace")
-            if marker not in text:
+    texts = []
+    for crash in crashes:
+        if crash.stat().st_mtime < since - 1:
+            break
+        texts.append((crash, crash.read_text(encoding="utf-8", errors="replace")))
+    for folder in folders:
+        for crash, text in texts:
+            where_run = next(
+                (ln.split(": ", 1)[1].strip() for ln in text.splitlines()
+                 if ln.startswith("Working directory: ")),
+                "",
+            )  # fmt: skip
+            if not where_run.startswith(f"{folder}/"):
                 continue
+            node = Path(where_run).name
             last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
             try:
                 where = crash.relative_to(output_dir).as_posix()
@@ -238,25 +266,41 @@ def job_outcomes(plan: pd.DataFrame, config: RunConfig, since: float) -> pd.Data
     names = job_workflows(plan)
     final = plan.copy()
     for i, row in final[final["status"] == "planned"].iterrows():
-        folder = job_dir(work_dir, names[row["output"]])
+        folders = job_folders(work_dir, names[row["output"]], row)
         if is_finished(output_dir, row["output"]):
             final.at[i, "status"] = "done"
-            for result in (folder / "check_image").glob("result_*.pklz"):
+            for result in (folders[-2] / "check_image").glob("result_*.pklz"):
                 try:
                     warning = loadpkl(result).outputs.warning
                 except Exception:  # noqa: BLE001 - the message is a courtesy
                     continue
                 final.at[i, "message"] = warning or ""
             continue
-        refusal = folder / "check_image" / DATA_ERROR_FILE
-        if refusal.is_file() and refusal.stat().st_mtime >= since - 1:
+        refusals = [f / "check_image" / DATA_ERROR_FILE for f in folders[:-1]]
+        refusal = next(
+            (r for r in reversed(refusals) if r.is_file() and r.stat().st_mtime >= since - 1),
+            None,
+        )
+        if refusal is not None:
             final.at[i, "status"] = "error"
-            final.at[i, "message"] = refusal.read_text(encoding="utf-8").strip()
+            message = refusal.read_text(encoding="utf-8").strip()
+            if refusal != refusals[-1]:
+                message = (
+                    f"{row['output']}: the T1w whose brain mask it takes is unusable: {message}"
+                )
+            final.at[i, "message"] = message
             continue
         final.at[i, "status"] = "failed"
         crash_dir = subject_log_dir(output_dir, row["subject"])
-        final.at[i, "message"] = _crash_line(row["output"], folder, crash_dir, output_dir, since)
+        final.at[i, "message"] = _crash_line(row["output"], folders, crash_dir, output_dir, since)
     return final
+
+
+def preproc_threads(config: RunConfig) -> int:
+    """Threads of a brain-extraction node: ``--omp-nthreads``, else all of ``--nprocs`` up to
+    8 (fMRIPrep's rule; the masks do not depend on it)."""
+    execution = config.execution
+    return int(execution.omp_nthreads or max(1, min(execution.nprocs, 8)))
 
 
 def execute_plan(plan: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
@@ -283,7 +327,15 @@ def execute_plan(plan: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
     )
     nipype_config.set("execution", "remove_unnecessary_outputs", "false")
     workflow = init_tumsyn_wf(
-        plan, config.bids_dir, output_dir, work_dir, config.inference, sidecars, config.request
+        plan,
+        config.bids_dir,
+        output_dir,
+        work_dir,
+        config.inference,
+        sidecars,
+        config.request,
+        preproc=config.preproc,
+        omp_nthreads=preproc_threads(config),
     )
     if workflow.list_node_names():
         # The methods text of the steps this run takes; a run with nothing left to do keeps

@@ -28,6 +28,16 @@ Rules:
   axes) give exactly that voxel size over the source's field of view, centred (the rule is in
   that module's docstring); with ``reference=True`` the authors' rounding applies. The target
   prompt's ``Voxel size``, the sidecar, the workflow and the post-processing check all read it.
+  With preprocessing (``preprocess=True``) the network runs on the conformed (RAS+) image and
+  the grid is :func:`~tumsyn_bids.preproc.orientation.conformed_output_grid`'s, which for the
+  centred default rule is the same grid and in reference mode anchors the authors' grid at the
+  conformed axes' first voxel.
+  Its prompts (source and target) then state voxel sizes along the conformed axes, the order
+  of the image the network reads; the sidecar's ``TargetProtocol.VoxelSize`` and the header
+  keep the source's (i, j, k) order of the written image.
+* **T1w reference.** With preprocessing, a source of another suffix gets the first T1w of its
+  session (by path, without a ``ce`` entity) as ``anat_reference``: its brain mask is carried
+  over to the source (docs/preprocessing.md). None when the session has no T1w.
 """
 
 from __future__ import annotations
@@ -45,12 +55,13 @@ import pandas as pd
 from .bids.io import atomic_write_text, is_finished
 from .bids.modalities import modality_table, resolve_modality
 from .bids.names import derivative_relpath
-from .bids.records import ScanIndex, ScanRecord
+from .bids.records import ScanIndex, ScanRecord, t1w_reference
 from .config import DEFAULT_SOURCES, SUPPORTED_TARGETS, SynthesisRequest
 from .model.grid import GridError, OutputGrid, output_grid
 from .model.tokenizer import count_tokens
+from .preproc.orientation import conformed_output_grid, orientation_of, to_conformed_axes
 from .prompts.protocol import Protocol, protocol_from_sidecar
-from .prompts.template import target_prompt
+from .prompts.template import build_prompt, target_prompt
 from .prompts.values import PromptError
 
 __all__ = [
@@ -78,13 +89,15 @@ PLAN_COLUMNS: tuple[str, ...] = (
     "target_prompt",
     "output_grid",
     "output",
+    "anat_reference",
     "status",
     "message",
 )
 """Plan columns: ``source`` and ``output`` are paths relative to the input and output roots;
 ``target_protocol`` is a dict in BIDS names and units; ``output_grid`` the job's
 :class:`~tumsyn_bids.model.grid.OutputGrid` (shape, voxel size, affine; None when the source
-cannot be used); ``status`` is ``planned``, ``done`` (finished output found),
+cannot be used); ``anat_reference`` the T1w whose brain mask a non-T1w source takes (input
+path; None otherwise); ``status`` is ``planned``, ``done`` (finished output found),
 ``skipped`` (nothing to do) or ``error`` (this job cannot run; ``message`` says why)."""
 
 
@@ -209,11 +222,13 @@ def build_plan(
     *,
     patch_size: Sequence[int] | None = None,
     reference: bool = False,
+    preprocess: bool = False,
 ) -> pd.DataFrame:
     """The plan table for every subject/session of ``index`` (see the module docstring).
 
     ``patch_size`` (i, j, k voxels) is needed with ``reference=True``, whose output grids
-    depend on it. Raises :class:`PlanError` for an unusable request.
+    depend on it. ``preprocess`` (``--preproc full``) fills ``anat_reference`` and computes
+    grids on the conformed axes. Raises :class:`PlanError` for an unusable request.
     """
     check_request(request)
     table = modality_table(modalities)
@@ -237,6 +252,9 @@ def build_plan(
         if not sources:
             continue
         targets, unused = _targets_for(present, sources[0].suffix, request)
+        anat_reference = None
+        if preprocess and sources[0].suffix != "T1w":
+            anat_reference = t1w_reference([r for r in records if r.ok])
         name = f"sub-{sources[0].subject}" + (
             f" ses-{sources[0].session}" if sources[0].session else ""
         )
@@ -244,11 +262,19 @@ def build_plan(
             unused_specs.setdefault((suffix, reason), []).append(name)
         for record in sources:
             for target in targets:
-                rows.append(
-                    _plan_job(
-                        record, target, request, table, output_dir, overwrite, patch_size, reference
-                    )
+                row = _plan_job(
+                    record,
+                    target,
+                    request,
+                    table,
+                    output_dir,
+                    overwrite,
+                    patch_size,
+                    reference,
+                    preprocess,
                 )
+                row["anat_reference"] = anat_reference
+                rows.append(row)
     _warn_unused_specs(unused_specs)
     frame = pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
     return frame.sort_values(
@@ -265,6 +291,7 @@ def _plan_job(
     overwrite: bool,
     patch_size: Sequence[int] | None,
     reference: bool,
+    preprocess: bool = False,
 ) -> dict[str, Any]:
     modality = resolve_modality(target, {}, table) or target
     output = derivative_relpath(record.relpath, target, record.suffix)
@@ -276,11 +303,23 @@ def _plan_job(
         "output": output,
     }
     try:
-        grid = job_grid(record, request.output_resolution, patch_size, reference)
+        grid = job_grid(record, request.output_resolution, patch_size, reference, preprocess)
     except GridError as exc:
         return _row(record, **base, status="error", message=f"{record.relpath}: {exc}")
     base["output_grid"] = grid
     voxel = grid.voxel_size if grid is not None else (None, None, None)
+    source_prompt = record.prompt
+    if preprocess and grid is not None:
+        # The network reads the conformed image: its prompts state voxel sizes in that order.
+        axes = orientation_of(record.shape, record.affine)
+        voxel = to_conformed_axes(grid.voxel_size, axes)
+        stored = tuple(record.voxel_size or ())
+        source_voxels = to_conformed_axes(stored, axes) if len(stored) == 3 else stored
+        if source_prompt and source_voxels != stored:
+            source_prompt = build_prompt(
+                record.modality, record.protocol, record.demographics, source_voxels
+            )
+        base["source_prompt"] = source_prompt
     try:
         protocol: Protocol = protocol_from_sidecar(metadata)
         prompt = target_prompt(
@@ -289,7 +328,7 @@ def _plan_job(
     except PromptError as exc:
         return _row(record, **base, status="error", message=f"{output}: {exc}")
     base["target_prompt"] = prompt
-    for which, text in (("source", record.prompt), ("target", prompt)):
+    for which, text in (("source", source_prompt), ("target", prompt)):
         n = count_tokens(text)
         if n > request.context_length:
             return _row(
@@ -309,10 +348,23 @@ def job_grid(
     resolution: Sequence[float] | None,
     patch_size: Sequence[int] | None,
     reference: bool,
+    preprocess: bool = False,
 ) -> OutputGrid | None:
-    """The output grid of a job from ``record`` (None when its header could not be read)."""
+    """The output grid of a job from ``record`` (None when its header could not be read);
+    with ``preprocess``, synthesized on the conformed axes (module docstring)."""
     if record.affine is None or record.shape is None:
         return None
+    if preprocess:
+        try:
+            return conformed_output_grid(
+                record.shape[:3],
+                record.affine,
+                voxel_size=resolution,
+                patch_size=patch_size,
+                reference=reference,
+            )
+        except ValueError as exc:  # a non-invertible affine: no axis order to conform to
+            raise GridError(str(exc)) from exc
     return output_grid(
         record.shape[:3],
         record.affine,

@@ -10,10 +10,12 @@ from tumsyn_bids.bids.names import (
     ENTITY_ORDER,
     DerivativesError,
     bids_uri,
+    brain_mask_relpath,
     derivative_relpath,
     desc_label,
     file_uri,
     parse_filename,
+    preproc_relpath,
     sidecar_relpath,
     subject_log_dir,
 )
@@ -192,3 +194,23 @@ def test_file_uri_keeps_the_given_path_normalised(tmp_path: Path) -> None:
 
 def test_subject_log_dir() -> None:
     assert subject_log_dir("/out", "01") == Path("/out/sub-01/log")
+
+
+def test_preprocessing_derivative_names() -> None:
+    """sMRIPrep's names: the source's entities, desc-brain_mask and desc-preproc_<suffix>."""
+    source = "sub-01/ses-1/anat/sub-01_ses-1_acq-mprage_run-2_T1w.nii"
+    assert brain_mask_relpath(source) == (
+        "sub-01/ses-1/anat/sub-01_ses-1_acq-mprage_run-2_desc-brain_mask.nii.gz"
+    )
+    assert preproc_relpath(source) == (
+        "sub-01/ses-1/anat/sub-01_ses-1_acq-mprage_run-2_desc-preproc_T1w.nii.gz"
+    )
+    # a desc the source had is replaced, and stays last
+    assert preproc_relpath("sub-01/anat/sub-01_desc-old_rec-norm_FLAIR.nii.gz") == (
+        "sub-01/anat/sub-01_rec-norm_desc-preproc_FLAIR.nii.gz"
+    )
+    assert bids_uri(brain_mask_relpath(source), "") == (
+        "bids::sub-01/ses-1/anat/sub-01_ses-1_acq-mprage_run-2_desc-brain_mask.nii.gz"
+    )
+    with pytest.raises(DerivativesError):
+        brain_mask_relpath("../sub-01_T1w.nii.gz")

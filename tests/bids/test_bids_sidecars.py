@@ -14,8 +14,17 @@ import pytest
 
 from tumsyn_bids.bids.dataset import update_bidsignore, write_dataset_description
 from tumsyn_bids.bids.io import atomic_write_json, atomic_write_text, json_text, save_derivative
-from tumsyn_bids.bids.names import CITATION_RELPATH, DerivativesError, derivative_relpath
+from tumsyn_bids.bids.names import (
+    CITATION_RELPATH,
+    DerivativesError,
+    bids_uri,
+    brain_mask_relpath,
+    derivative_relpath,
+    preproc_relpath,
+)
 from tumsyn_bids.bids.sidecars import (
+    brain_mask_sidecar,
+    complete_sidecar,
     inference_record,
     model_record,
     protocol_record,
@@ -103,6 +112,53 @@ def test_sidecar_keys_and_values() -> None:
         "OutputResolution": "source grid",
     }
     assert "Resolution" not in sidecar
+
+
+#: A preprocessing summary as PreprocSummary writes it (the keys of docs/preprocessing.md).
+SUMMARY = {
+    "Steps": ["conform", "brain_mask", "inu", "apply_mask"],
+    "Software": {"antspyx": "0.6.3", "deepbet": "1.0.2", "nibabel": "5.4.2", "torch": "2.13.0"},
+    "Conform": {"SourceAxisCodes": "LPS", "SourceToRAS": [[0, -1], [1, -1], [2, 1]],
+                "Reoriented": True},
+    "BrainMask": {"Method": "t1w-same-grid", "AlreadyExtractedCheck": "not brain-extracted"},
+    "Warnings": [],
+    "SkullStripped": True,
+}  # fmt: skip
+
+
+def test_preprocessing_completes_the_synthesis_sidecar() -> None:
+    mask_uri = bids_uri(brain_mask_relpath(SOURCE), "")
+    base = _sidecar(extra_sources=[mask_uri])
+    done = complete_sidecar(
+        "synthesized", base, SUMMARY, masked_output=True, patches={"Computed": 7, "Skipped": 5}
+    )
+    assert done["Sources"] == [f"bids:raw:{SOURCE}", mask_uri]
+    assert done["SkullStripped"] is True and base["SkullStripped"] is False
+    assert done["Preprocessing"]["Steps"] == SUMMARY["Steps"]
+    assert done["Preprocessing"]["Software"]["deepbet"] == "1.0.2"
+    assert "SkullStripped" not in done["Preprocessing"]
+    assert done["Inference"]["OutputMasked"] is True
+    assert done["Inference"]["Patches"] == {"Computed": 7, "Skipped": 5}
+    assert {k: v for k, v in done.items() if k not in ("SkullStripped", "Preprocessing",
+            "Inference")} == {k: v for k, v in base.items() if k not in ("SkullStripped",
+            "Inference")}  # fmt: skip
+    with pytest.raises(ValueError, match="kind"):
+        complete_sidecar("bias", base, SUMMARY)
+
+
+def test_mask_and_preproc_sidecars() -> None:
+    reference = "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
+    flair = "sub-01/ses-1/anat/sub-01_ses-1_FLAIR.nii.gz"
+    mask = complete_sidecar("mask", {"source": flair, "reference": reference}, SUMMARY)
+    assert mask["Type"] == "Brain"
+    assert mask["Sources"] == [f"bids:raw:{flair}", f"bids:raw:{reference}"]
+    assert mask["SpatialReference"] == f"bids:raw:{flair}"
+    assert f"the T1w image {reference}, on the same grid" in mask["Description"]
+    deepbet = brain_mask_sidecar(SOURCE, "deepbet")
+    assert deepbet["Sources"] == [f"bids:raw:{SOURCE}"] and "deepbet" in deepbet["Description"]
+    prep = complete_sidecar("preproc", {"source": SOURCE}, SUMMARY)
+    assert prep["SkullStripped"] is False and "N4" in prep["Description"]
+    assert prep["Preprocessing"]["Steps"] == SUMMARY["Steps"]
 
 
 def test_sidecar_for_resampled_output() -> None:
@@ -199,8 +255,20 @@ def test_bids_validator_accepts_derivative_dataset(tmp_path: Path, make_image) -
     for source, source_suffix, target, res in sources:
         rel = derivative_relpath(source, target, source_suffix, res=res)
         voxels = (1.0, 1.0, 1.0) if res else None
-        sidecar = _sidecar(source_relpath=source, target_suffix=target, output_voxel_size=voxels)
+        mask_uri = bids_uri(brain_mask_relpath(source), "")
+        sidecar = _sidecar(
+            source_relpath=source, target_suffix=target, output_voxel_size=voxels,
+            extra_sources=[mask_uri],
+        )  # fmt: skip
+        sidecar = complete_sidecar("synthesized", sidecar, SUMMARY, patches={"Computed": 3})
         save_derivative(out, rel, make_image(), sidecar)
+        # preprocessing's derivatives: the brain mask (uint8) and the preprocessed source
+        mask = make_image()
+        mask = type(mask)((mask.get_fdata() > 0).astype("uint8"), mask.affine)
+        save_derivative(out, brain_mask_relpath(source), mask,
+                        complete_sidecar("mask", {"source": source}, SUMMARY))  # fmt: skip
+        save_derivative(out, preproc_relpath(source), make_image(),
+                        complete_sidecar("preproc", {"source": source}, SUMMARY))  # fmt: skip
     # logs/ (CITATION.md, config.json...) is outside the BIDS layout and listed in .bidsignore
     atomic_write_text(out / CITATION_RELPATH, "# Citing tumsyn-bids\n")
     update_bidsignore(out, ["logs/"])

@@ -256,7 +256,7 @@ def _weights(kind: str):
             torch.save(state, text)
             heads = []
         return ["--checkpoint", str(ckpt), "--text-encoder", str(text), *heads,
-                "--patch-size", "20"]  # fmt: skip
+                "--patch-size", "20", "--preproc", "none"]  # fmt: skip
 
     return build
 

@@ -20,10 +20,12 @@ from tumsyn_bids.runlog import list_runs, read_run_configs, read_run_plans
 
 
 def model_args() -> list[str]:
+    """The small reference model, on the source as stored (``--preproc none``): these tests
+    check the app against the engine and the authors' loop on unpreprocessed input."""
     return [
         "--checkpoint", str(SMALL / "synthesis.pth"),
         "--text-encoder", str(SMALL / "text_encoder.pt"),
-        "--text-heads", "2", "--patch-size", "20",
+        "--text-heads", "2", "--patch-size", "20", "--preproc", "none",
     ]  # fmt: skip
 
 
@@ -68,6 +70,10 @@ def test_participant_run_writes_derivatives(app_run):
         assert len(side["Model"]["Checkpoints"]["Synthesis"]["SHA256"]) == 64
         # no --batch-size: 20-voxel patches go two to a pass, and the sidecar says so
         assert side["Inference"]["BatchSize"] == 2
+        # --preproc none: the source as stored, no mask, no preprocessing record
+        assert side["SkullStripped"] is False and "Preprocessing" not in side
+        assert len(side["Sources"]) == 1 and "Patches" not in side["Inference"]
+        assert not list((out / rel).parent.glob("*desc-brain_mask*"))
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Name"] == "tumsyn-bids"
@@ -324,3 +330,46 @@ def test_too_long_prompt_is_reported_for_that_image(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "ERROR sub-01/anat/sub-01_T1w.nii.gz" in text and "tokens" in text
     assert "sub-02_ses-1_desc-tumsynFromT1w_T2w.nii.gz" in text
+
+
+def test_preprocessing_options_reach_the_run_configuration(tmp_path, capsys):
+    bids = make_dataset(tmp_path / "bids")
+    base = [str(bids), str(tmp_path / "out"), "participant", "--skip-bids-validation",
+            "--dry-run", "--target", "T2w", "-w", str(tmp_path / "w")]  # fmt: skip
+    assert main([*base, "--skull-strip-source", "skip", "--no-inu", "--no-mask-output",
+                 "--save-preproc"]) == 0  # fmt: skip
+    (config,) = read_run_configs(tmp_path / "out").values()
+    assert config["preproc"] == {
+        "preproc": "full",
+        "skull_strip_source": "skip",
+        "inu": False,
+        "mask_output": False,
+        "save_preproc": True,
+    }
+    assert main(base) == 0
+    configs = read_run_configs(tmp_path / "out")
+    assert sorted(c["preproc"]["inu"] for c in configs.values()) == [False, True]
+    # options of preprocessing mean nothing without it: a usage error naming them
+    code = _exit_code([*base, "--preproc", "none", "--no-inu", "--save-preproc"])
+    err = capsys.readouterr().err
+    assert code == 64
+    assert "--no-inu, --save-preproc: only used with --preproc full" in err
+    assert _exit_code([*base, "--preproc", "some"]) == 64
+
+
+def test_a_flair_source_takes_the_sessions_t1w_as_reference(tmp_path):
+    """Plan column anat_reference: with preprocessing, a non-T1w source names the T1w whose
+    brain mask it takes; without, nothing."""
+    bids = make_dataset(tmp_path / "bids")
+    anat = bids / "sub-01" / "anat"
+    shutil.copy(anat / "sub-01_T1w.nii.gz", anat / "sub-01_FLAIR.nii.gz")
+    argv = [str(bids), str(tmp_path / "out"), "participant", "--skip-bids-validation",
+            "--dry-run", "--source", "FLAIR", "--target", "T2w", "-w", str(tmp_path / "w"),
+            "--participant-label", "01"]  # fmt: skip
+    assert main(argv) == 0
+    plan = read_run_plans(tmp_path / "out")
+    assert list(plan["source"]) == ["sub-01/anat/sub-01_FLAIR.nii.gz"]
+    assert list(plan["anat_reference"]) == ["sub-01/anat/sub-01_T1w.nii.gz"]
+    assert main([*argv, "--preproc", "none"]) == 0
+    plans = read_run_plans(tmp_path / "out")
+    assert sorted(plans["anat_reference"]) == ["n/a", "sub-01/anat/sub-01_T1w.nii.gz"]

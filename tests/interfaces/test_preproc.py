@@ -153,6 +153,68 @@ def test_apply_mask_and_summary(tmp_path: Path) -> None:
     assert json.loads(Path(nothing.out_file).read_text())["SkullStripped"] is False
 
 
+def test_the_synthesized_image_is_masked_on_its_own_grid(tmp_path: Path) -> None:
+    """ApplyMask(resample=True): a mask on the conformed grid zeroes an image on a finer grid
+    over the same axes, voxel by voxel as the centres fall (mask_on_grid's rule)."""
+    from tumsyn_bids.model.grid import output_grid
+    from tumsyn_bids.preproc.masks import mask_on_grid
+
+    mask = _ball_image()  # 40 x 44 x 36 at 2 mm
+    grid = output_grid(mask.shape, mask.affine, voxel_size=(1.5, 1.5, 1.5))
+    values = np.full(grid.shape, 7.0, np.float32)
+    image = _store(nib.Nifti1Image(values, grid.affine_array), tmp_path / "fine.nii.gz")
+    mask_file = _store(mask, tmp_path / "mask.nii.gz")
+    with pytest.raises(ValueError, match="not on the grid"):
+        _run(ApplyMask(in_file=image, mask_file=mask_file), tmp_path, "refused")
+    out = _run(
+        ApplyMask(in_file=image, mask_file=mask_file, resample=True, out_name="masked.nii.gz"),
+        tmp_path,
+        "masked",
+    )
+    got = nib.load(out.out_file)
+    inside = mask_on_grid(np.asarray(mask.dataobj) > 0, mask.affine, grid.shape, grid.affine_array)
+    assert got.shape == grid.shape and inside.any() and (~inside).any()
+    np.testing.assert_array_equal(got.get_fdata() == 7.0, inside)
+    np.testing.assert_allclose(got.affine, grid.affine_array, atol=1e-5)
+
+
+def test_to_source_grid_on_another_grid_restores_the_axis_order(tmp_path: Path) -> None:
+    """ToSourceGrid on an image that is not on the conformed grid (a synthesized image at a
+    requested voxel size): the source's axis order, the grid the plan computes."""
+    from tumsyn_bids.model.grid import output_grid, same_grid
+    from tumsyn_bids.preproc.orientation import (
+        OrientationRecord,
+        conformed_output_grid,
+        to_conformed_axes,
+    )
+
+    source = _reoriented(_ball_image(zooms=(2.0, 2.5, 3.0)), "ASL")
+    source_file = _store(source, tmp_path / "source.nii.gz")
+    conformed = _run(Conform(in_file=source_file), tmp_path, "conform")
+    record = OrientationRecord.load(conformed.orientation)
+    request = (1.0, 1.5, 2.0)  # along the source's (i, j, k) = (A, S, L)
+    grid = output_grid(
+        record.conformed_shape,
+        record.conformed_affine,
+        voxel_size=to_conformed_axes(request, record),
+    )
+    data = np.random.default_rng(1).random(grid.shape).astype(np.float32)
+    fine = nib.Nifti1Image(data, grid.affine_array)
+    fine_file = _store(fine, tmp_path / "fine.nii.gz")
+    out = _run(
+        ToSourceGrid(in_file=fine_file, orientation=conformed.orientation, reference=source_file),
+        tmp_path,
+        "back",
+    )
+    back = nib.load(out.out_file)
+    plan = conformed_output_grid(source.shape, source.affine, voxel_size=request)
+    assert same_grid(back.shape, back.affine, plan)
+    assert "".join(nib.aff2axcodes(back.affine)) == "ASL"
+    np.testing.assert_array_equal(
+        np.asarray(nib.as_closest_canonical(back).dataobj), np.asarray(nib.load(fine_file).dataobj)
+    )
+
+
 def test_n4_fits_on_about_6mm_voxels() -> None:
     from tumsyn_bids.preproc.inu import shrink_factor_for
 

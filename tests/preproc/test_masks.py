@@ -12,6 +12,7 @@ from tumsyn_bids.preproc.masks import (
     check_brain_extracted,
     clean_mask,
     mask_from_nonzero,
+    mask_on_grid,
 )
 
 
@@ -79,3 +80,30 @@ def test_mask_from_nonzero_keeps_one_solid_piece():
     np.testing.assert_array_equal(clean_mask(mask), mask)
     with pytest.raises(ValueError, match="every voxel is zero"):
         mask_from_nonzero(np.zeros((4, 4, 4)))
+
+
+def test_a_mask_on_a_finer_grid_takes_the_voxel_each_centre_falls_in():
+    """Output voxels at 0.5-voxel steps, centred (input positions -0.25, 0.25, ..., 3.25):
+    each takes the input voxel floor(x + 1/2), so [0, 1, 1, 0] becomes
+    [0, 0, 1, 1, 1, 1, 0, 0] (by hand)."""
+    mask = np.array([0, 1, 1, 0], dtype=bool).reshape(4, 1, 1)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    fine = affine @ np.array(
+        [[0.5, 0, 0, -0.25], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float
+    )
+    out = mask_on_grid(mask, affine, (8, 1, 1), fine)
+    np.testing.assert_array_equal(out[:, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0])
+    # the grid itself: the mask unchanged; a coarser grid past the edge: clipped
+    np.testing.assert_array_equal(mask_on_grid(mask, affine, (4, 1, 1), affine), mask)
+    coarse = affine @ np.array(
+        [[3.0, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float
+    )
+    np.testing.assert_array_equal(mask_on_grid(mask, affine, (2, 1, 1), coarse)[:, 0, 0], [1, 0])
+
+
+def test_a_mask_on_a_rotated_grid_is_refused():
+    angle = np.radians(30)
+    rotated = np.eye(4)
+    rotated[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    with pytest.raises(ValueError, match="do not share their axes"):
+        mask_on_grid(np.ones((3, 3, 3), bool), np.eye(4), (3, 3, 3), rotated)

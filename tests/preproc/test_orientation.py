@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 from nibabel import orientations as nio
 
+from tumsyn_bids.model.grid import output_grid, same_grid
 from tumsyn_bids.preproc.orientation import (
     OrientationRecord,
     conform,
     conform_array,
+    conformed_output_grid,
     orientation_record,
+    to_conformed_axes,
     to_source_array,
+    to_source_axes,
     to_source_grid,
 )
 
@@ -164,3 +168,77 @@ def test_bad_inputs_say_what_is_wrong():
         to_source_grid(np.zeros(record.conformed_shape), record, wrong_source)
     with pytest.raises(ValueError, match="not an orientation record"):
         OrientationRecord.from_dict({"SourceShape": [1, 2, 3]})
+
+
+# --------------------------------------------------------------------------------------------
+# Output grids of synthesis on the conformed image
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_the_centred_grid_rule_commutes_with_conforming(order):
+    """Synthesis on the conformed axes, with the voxel sizes reordered, lands on the grid the
+    documented rule gives on the source axes (docs/output-grid.md)."""
+    source = _head(order)
+    request = (0.7, 1.3, 0.45)  # along the stored (i, j, k) axes, anisotropic on purpose
+    expected = output_grid(source.shape, source.affine, voxel_size=request)
+    got = conformed_output_grid(source.shape, source.affine, voxel_size=request)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.voxel_size, expected.voxel_size, rtol=1e-12)
+    np.testing.assert_allclose(got.affine_array, expected.affine_array, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got.origin, expected.origin, rtol=0, atol=1e-9)
+    native = conformed_output_grid(source.shape, source.affine)
+    assert native.is_identity and native == output_grid(source.shape, source.affine)
+
+
+def test_the_authors_grid_is_anchored_at_the_conformed_first_voxel():
+    """Reference mode anchors the grid at voxel 0 of the axis it runs on: on a flipped axis,
+    the source's last voxel. 11 voxels of 1 mm, 4-voxel patches, 0.7 mm asked: 6 queries per
+    patch, scale 1.5, int(16.5) = 16 voxels of 2/3 mm; on the conformed axis voxel 0 sits at
+    -1/6, so in the flipped source's terms at 10 + 1/6 - 15 * 2/3 = 1/6 (by hand)."""
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])  # i runs towards Left: conforming flips it
+    shape = (11, 8, 8)
+    grid = conformed_output_grid(
+        shape, affine, voxel_size=(0.7, 0.7, 0.7), patch_size=(4, 4, 4), reference=True
+    )
+    assert grid.shape == (16, 12, 12) and grid.query_size == (6, 6, 6)
+    np.testing.assert_allclose(grid.step, [2 / 3] * 3, rtol=1e-12)
+    np.testing.assert_allclose(grid.origin, [1 / 6, -1 / 6, -1 / 6], rtol=0, atol=1e-12)
+    unflipped = output_grid(
+        shape, affine, voxel_size=(0.7, 0.7, 0.7), patch_size=(4, 4, 4), reference=True
+    )
+    np.testing.assert_allclose(unflipped.origin, [-1 / 6] * 3, rtol=0, atol=1e-12)
+
+
+def test_triples_follow_the_axes_to_the_conformed_order():
+    record = orientation_record(_head("ASL"))  # i: A, j: S, k: L -> RAS takes (k, i, j)
+    assert to_conformed_axes((1.0, 2.0, 3.0), record) == (3.0, 1.0, 2.0)
+    assert to_conformed_axes((20, 30, 40), orientation_record(_head("RAS"))) == (20, 30, 40)
+
+
+@pytest.mark.parametrize("order", ["LPS", "ASL", "PIR"])
+def test_an_output_on_another_grid_goes_back_to_the_source_axes(order):
+    """A synthesized image on the conformed output grid, put back in the source's voxel order,
+    lies on conformed_output_grid's grid (the plan's) and keeps every value."""
+    source = _head(order)
+    record = orientation_record(source)
+    request = (0.55, 0.8, 1.7)
+    grid_c = output_grid(
+        record.conformed_shape,
+        record.conformed_affine,
+        voxel_size=to_conformed_axes(request, record),
+    )
+    data = np.arange(np.prod(grid_c.shape), dtype=np.float32).reshape(grid_c.shape)
+    img = nib.Nifti1Image(data, grid_c.affine_array)
+    img.set_qform(grid_c.affine_array, code=2)
+    img.set_sform(grid_c.affine_array, code=2)
+    back = to_source_axes(img, record)
+    expected = conformed_output_grid(source.shape, source.affine, voxel_size=request)
+    # the planned grid to header precision (the float32 affine of img): Postprocess's check
+    assert same_grid(back.shape, back.affine, expected)
+    assert int(back.header["sform_code"]) == 2 and int(back.header["qform_code"]) == 2
+    # every value kept, moved: the world position of each value is the same
+    ijk = np.argwhere(np.ones(back.shape, bool))[::97]
+    world = nib.affines.apply_affine(back.affine, ijk)
+    there = np.rint(nib.affines.apply_affine(np.linalg.inv(img.affine), world)).astype(int)
+    np.testing.assert_array_equal(np.asarray(back.dataobj)[tuple(ijk.T)], data[tuple(there.T)])

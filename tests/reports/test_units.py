@@ -69,3 +69,51 @@ def test_robust_z_and_outlier_flag():
 def test_robust_z_with_zero_mad(values):
     z = robust_z(pd.Series(values))
     assert (z.iloc[:3] == 0).all()
+
+
+@pytest.mark.slow
+def test_preprocessing_figures_and_section(tmp_path):
+    """PreprocReport writes the brain-mask outline and the bias field next to the derivatives,
+    with the summary in sub-XX/log; the subject page shows them and the warning; a rerun
+    without N4 leaves no stale bias figure."""
+    import json
+
+    from matplotlib.image import imread
+
+    from tumsyn_bids.interfaces.reports import PreprocReport
+    from tumsyn_bids.reports import build_subject_report
+
+    image = _ball()
+    mask = nib.Nifti1Image((np.asarray(image.dataobj) > 50).astype(np.uint8), image.affine)
+    ramp = np.linspace(0.8, 1.2, int(np.prod(image.shape))).reshape(image.shape)
+    bias = nib.Nifti1Image(ramp.astype(np.float32), image.affine)
+    files = {}
+    for name, img in (("image", image), ("mask", mask), ("bias", bias)):
+        files[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(img, files[name])
+    warning = "FLAIR source brain-extracted with deepbet, which was trained on T1-weighted images"
+    summary = {"Steps": ["conform", "brain_mask", "inu", "apply_mask"], "Warnings": [warning],
+               "BrainMask": {"Method": "deepbet"}, "Software": {"deepbet": "1.0.2"},
+               "Conform": {"SourceAxisCodes": "LPS"}, "SkullStripped": True}  # fmt: skip
+    (tmp_path / "preproc.json").write_text(json.dumps(summary))
+    out = tmp_path / "out"
+    (out / "sub-02").mkdir(parents=True)
+    stem = "sub-02_ses-1_FLAIR"
+    common = dict(output_dir=str(out), subject="02", stem=stem, in_file=files["image"],
+                  mask_file=files["mask"], summary=str(tmp_path / "preproc.json"))  # fmt: skip
+    (tmp_path / "n1").mkdir()
+    PreprocReport(**common, bias_file=files["bias"]).run(cwd=str(tmp_path / "n1"))
+    figures = out / "sub-02" / "figures"
+    for kind in ("brainmask", "inu"):
+        pixels = imread(figures / f"{stem}_{kind}.png")
+        assert pixels.shape[0] > 300 and pixels[..., :3].std() > 0.05, kind
+    record = json.loads((out / "sub-02" / "log" / f"{stem}_preproc.json").read_text())
+    assert record == summary
+    page = build_subject_report(out, "02").read_text()
+    assert f"figures/{stem}_brainmask.png" in page and f"figures/{stem}_inu.png" in page
+    assert "Preprocessing of sub-02_ses-1_FLAIR" in page and "Session 1" in page
+    assert page.count("trained on T1-weighted images") == 2  # under warnings and in its section
+    (tmp_path / "n2").mkdir()
+    PreprocReport(**common).run(cwd=str(tmp_path / "n2"))  # --no-inu
+    assert not (figures / f"{stem}_inu.png").exists()
+    assert f"figures/{stem}_inu.png" not in build_subject_report(out, "02").read_text()

@@ -49,7 +49,7 @@ def test_trained_checkpoints_run_in_the_bids_app(trained):
         [str(bids), str(out), "participant", "--participant-label", "01"]
         + ["--source", "T1w", "--target", "T2w", "--nprocs", "1"]
         + ["--checkpoint", str(synthesis), "--text-encoder", str(text_encoder)]
-        + ["-w", str(root / "work"), "--device", "cpu"]
+        + ["-w", str(root / "work"), "--device", "cpu", "--preproc", "none"]
     )
     assert code == 0
     (image,) = (out / "sub-01" / "anat").glob("*_T2w.nii.gz")

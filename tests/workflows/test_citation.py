@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from tests.conftest import SMALL
-from tumsyn_bids.config import InferenceConfig, SynthesisRequest
+from tumsyn_bids.config import InferenceConfig, PreprocConfig, SynthesisRequest
 from tumsyn_bids.model.grid import output_grid
 from tumsyn_bids.workflows import init_synthesis_wf, init_tumsyn_wf
 from tumsyn_bids.workflows.citation import (
@@ -215,10 +216,60 @@ def test_write_citation(tmp_path: Path) -> None:
     assert (tmp_path / ".bidsignore").read_text() == "*.html\nlogs/\n"
 
 
-def test_every_reference_is_cited_by_the_app() -> None:
+def test_every_reference_is_cited_by_the_app(tmp_path: Path) -> None:
     """No dead entries: each reference is cited by some text the app's factories write."""
     request = SynthesisRequest(targets=("T2w",))
-    wf = init_tumsyn_wf(_plan(), "/bids", "/out", "/work", _inference(),
-                        {o: {} for o in _plan()["output"]}, request)  # fmt: skip
+    plan = _plan()
+    wf = init_tumsyn_wf(plan, "/bids", "/out", "/work", _inference(),
+                        {o: {} for o in plan["output"]}, request)  # fmt: skip
+    _, keys = cite(visit_desc(wf))
+    assert sorted(keys) == sorted(set(REFERENCES) - {"deepbet", "n4", "ants"})
+    # with preprocessing (the app's default) its texts cite the rest
+    bids = _with_sources(tmp_path, plan)  # the factory reads each source's axis order
+    sidecars = {o: {} for o in plan["output"]}
+    wf = init_tumsyn_wf(plan, bids, "/out", "/work", _inference(), sidecars, request,
+                        preproc=PreprocConfig())  # fmt: skip
     _, keys = cite(visit_desc(wf))
     assert sorted(keys) == sorted(REFERENCES)
+
+
+def _with_sources(tmp_path: Path, plan: pd.DataFrame, codes: str = "RAS") -> Path:
+    """Source images for ``plan`` under ``tmp_path/bids`` (the factory reads their headers)."""
+    bids = tmp_path / "bids"
+    for source in plan["source"]:
+        (bids / source).parent.mkdir(parents=True, exist_ok=True)
+        affine = np.diag([1.0 if c in "RAS" else -1.0 for c in codes] + [1.0])
+        nib.save(nib.Nifti1Image(np.zeros((9, 9, 9), np.float32), affine), bids / source)
+    return bids
+
+
+def test_methods_text_with_preprocessing(tmp_path: Path) -> None:
+    """Preprocessing brings its paragraph, between the run's and the synthesis step's; the
+    synthesis text says what the network read, the foreground patches and the masking."""
+    request = SynthesisRequest(targets=("T2w",), output_resolution=(0.5, 0.5, 0.5))
+    plan = _plan((0.5, 0.5, 0.5))
+    bids = _with_sources(tmp_path, plan)
+    sidecars = {o: {} for o in plan["output"]}
+    wf = init_tumsyn_wf(plan, bids, tmp_path / "out", tmp_path / "work", _inference(), sidecars,
+                        request, preproc=PreprocConfig())  # fmt: skip
+    paragraphs = citation_text(wf).split("## Methods\n\n")[1].split("## References")[0]
+    paragraphs = paragraphs.strip().split("\n\n")
+    assert len(paragraphs) == 4
+    assert paragraphs[1].startswith("Each T1w source image was reoriented to the RAS+ axis order")
+    assert "A brain mask was computed with deepbet" in paragraphs[1]
+    assert "Intensity non-uniformity was corrected with N4 [" in paragraphs[1]
+    synthesis = paragraphs[2]
+    assert "The network read the preprocessed source image (RAS+ voxel order" in synthesis
+    assert "stored voxel order (not reoriented)" not in synthesis
+    assert "Patches containing no voxel of the brain mask were not computed" in synthesis
+    assert "sampled onto the output grid by nearest neighbour were set to zero" in synthesis
+    assert "by the inverse axis permutation, without interpolation" in synthesis
+
+    # reference mode keeps the authors' averaging: no foreground patches; --no-mask-output: no
+    # masking sentence either
+    wf = init_tumsyn_wf(plan, bids, tmp_path / "out", tmp_path / "work",
+                        _inference(reference=True), {o: {} for o in plan["output"]}, request,
+                        preproc=PreprocConfig(mask_output=False))  # fmt: skip
+    text = citation_text(wf)
+    assert "Patches containing no voxel" not in text
+    assert "by nearest neighbour were set to zero" not in text

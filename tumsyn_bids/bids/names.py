@@ -25,12 +25,14 @@ __all__ = [
     "RAW_LINK",
     "DerivativesError",
     "bids_uri",
+    "brain_mask_relpath",
     "derivative_relpath",
     "desc_label",
     "file_uri",
     "nifti_extension",
     "parse_filename",
     "posix_relpath",
+    "preproc_relpath",
     "sidecar_relpath",
     "split_source",
     "subject_log_dir",
@@ -205,14 +207,45 @@ def derivative_relpath(
         )
     if not target_suffix or not _ALNUM.fullmatch(target_suffix):
         raise DerivativesError(f"target suffix {target_suffix!r} must be alphanumeric (e.g. T2w)")
-    entities = dict(entities)
-    entities["desc"] = desc_label(source_suffix)
+    extra = {"desc": desc_label(source_suffix)}
     if res is not None:
         if not _ALNUM.fullmatch(res):
             raise DerivativesError(f"res label {res!r} must be alphanumeric")
-        entities["res"] = res
-    name = "_".join([*(f"{k}-{v}" for k, v in _ordered(entities)), target_suffix]) + ".nii.gz"
+        extra["res"] = res
+    return _derived(path, entities, extra, target_suffix)
+
+
+def _derived(
+    path: PurePosixPath, entities: Mapping[str, str], extra: Mapping[str, str], suffix: str
+) -> str:
+    """``path``'s folder and entities, ``extra`` set (BIDS order), ``suffix``, ``.nii.gz``."""
+    merged = {**entities, **extra}
+    name = "_".join([*(f"{k}-{v}" for k, v in _ordered(merged)), suffix]) + ".nii.gz"
     return (path.parent / name).as_posix()
+
+
+def brain_mask_relpath(source_relpath: str | os.PathLike[str]) -> str:
+    """Dataset-relative path of a source image's brain mask, sMRIPrep's ``desc-brain_mask``.
+
+    ``sub-01/anat/sub-01_run-1_T1w.nii.gz`` gives ``sub-01/anat/sub-01_run-1_desc-brain_mask
+    .nii.gz``: every source entity kept, ``desc-brain``, suffix ``mask``. The mask lies on the
+    source's grid. A session has one source contrast, so its masks never collide; a T1w
+    brought in only for its mask (a FLAIR source's reference) gets none. Raises
+    :class:`DerivativesError` for a name that is not a BIDS source name.
+    """
+    path, entities, _, _ = split_source(source_relpath)
+    return _derived(path, entities, {"desc": "brain"}, "mask")
+
+
+def preproc_relpath(source_relpath: str | os.PathLike[str]) -> str:
+    """Dataset-relative path of a preprocessed source image, sMRIPrep's ``desc-preproc``.
+
+    ``sub-01/anat/sub-01_T1w.nii.gz`` gives ``sub-01/anat/sub-01_desc-preproc_T1w.nii.gz``
+    (the source's entities and suffix, ``desc-preproc``). Raises :class:`DerivativesError`
+    for a name that is not a BIDS source name.
+    """
+    path, entities, suffix, _ = split_source(source_relpath)
+    return _derived(path, entities, {"desc": "preproc"}, suffix)
 
 
 def sidecar_relpath(nifti_relpath: str | os.PathLike[str]) -> str:

@@ -6,14 +6,14 @@ reports read them. Nothing here reads files.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tumsyn_bids.prompts.protocol import Demographics, Protocol
 
-__all__ = ["ScanIndex", "ScanRecord"]
+__all__ = ["ScanIndex", "ScanRecord", "t1w_reference"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +74,21 @@ class ScanIndex(Sequence[ScanRecord]):
     def errors(self) -> list[str]:
         """The error text of every record that has one."""
         return [r.error for r in self.records if r.error is not None]
+
+
+def t1w_reference(images: Iterable[Any]) -> str | None:
+    """The T1w of a session whose brain mask its other contrasts take (docs/preprocessing.md).
+
+    ``images`` are one session's usable images, anything with ``relpath`` and ``suffix``
+    (:class:`ScanRecord`, the training images); the reference is the first T1w by path
+    without a ``ce`` entity (contrast-enhanced scans show vessels brighter than brain), or
+    None when there is none.
+    """
+    from .names import parse_filename
+
+    t1w = sorted(
+        i.relpath
+        for i in images
+        if i.suffix == "T1w" and "ce" not in parse_filename(str(i.relpath))[0]
+    )
+    return t1w[0] if t1w else None

@@ -26,9 +26,14 @@ from ..prompts.protocol import Protocol
 from .names import DerivativesError, bids_uri, split_source
 
 __all__ = [
+    "MASK_METHODS",
     "PROTOCOL_KEYS",
+    "brain_mask_sidecar",
+    "complete_sidecar",
     "inference_record",
     "model_record",
+    "preproc_sidecar",
+    "preprocessing_record",
     "protocol_record",
     "software_versions",
     "synthesis_sidecar",
@@ -248,4 +253,108 @@ def synthesis_sidecar(
                 " x ".join(f"{v:g}" for v in voxels)
             )
         )
+    return sidecar
+
+
+#: How a brain mask was obtained (``BrainMask.Method`` of the preprocessing summary), in words.
+MASK_METHODS = {
+    "deepbet": "brain extraction with deepbet",
+    "already-extracted": "the non-zero voxels of the source, found to be brain-extracted already",
+    "skip": "the non-zero voxels of the source (--skull-strip-source skip)",
+    "t1w-same-grid": "the brain mask of a T1w image of the session, on the same grid",
+    "t1w-rigid": "the brain mask of a T1w image of the session, after rigid registration",
+}
+
+
+def preprocessing_record(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``Preprocessing`` of a sidecar: the steps run on the source, with their software.
+
+    ``summary`` is the preprocessing summary (``preproc.json`` of
+    :class:`tumsyn_bids.interfaces.preproc.PreprocSummary`): ``Steps`` (in order), ``Software``
+    (name: version), ``Conform``, ``BrainMask`` and ``Warnings``; ``SkullStripped`` goes to the
+    sidecar's top level instead (a BIDS key).
+    """
+    keys = ("Steps", "Software", "Conform", "BrainMask", "Warnings")
+    return {key: summary[key] for key in keys if key in summary}
+
+
+def brain_mask_sidecar(
+    source_relpath: str,
+    method: str | None = None,
+    reference_relpath: str | None = None,
+) -> dict[str, Any]:
+    """Sidecar of a source's ``desc-brain_mask``: ``Type: Brain`` and its ``Sources``.
+
+    ``Sources`` are BIDS URIs of the source and, when the mask was carried over from it, of
+    the T1w ``reference_relpath``; ``method`` (a :data:`MASK_METHODS` key) words the
+    ``Description``. The mask lies on the source's grid (``SpatialReference``).
+    """
+    path, _, suffix, _ = split_source(source_relpath)
+    sources = [bids_uri(path)]
+    how = MASK_METHODS.get(method or "", "")
+    if method in ("t1w-same-grid", "t1w-rigid") and reference_relpath:
+        sources.append(bids_uri(reference_relpath))
+        how = how.replace("a T1w image of the session", f"the T1w image {reference_relpath}")
+    text = f"Brain mask of the {suffix} image {path.as_posix()}, on its voxel grid"
+    return {
+        "Description": text + (f": {how}." if how else "."),
+        "Type": "Brain",
+        "Sources": sources,
+        "SpatialReference": bids_uri(path),
+    }
+
+
+def preproc_sidecar(source_relpath: str, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Sidecar of a preprocessed source (``desc-preproc_<suffix>``, ``--save-preproc``).
+
+    The image is the source on its own grid after the steps of ``summary`` up to N4 (not
+    masked: sMRIPrep's ``desc-preproc``), so ``SkullStripped`` is false.
+    """
+    path, _, suffix, _ = split_source(source_relpath)
+    corrected = "inu" in (summary.get("Steps") or [])
+    what = "corrected for intensity non-uniformity with N4" if corrected else "as float32"
+    return {
+        "Description": (
+            f"The {suffix} image {path.as_posix()} {what}, on its voxel grid, not "
+            "brain-extracted: the image the synthesis input was masked from."
+        ),
+        "Sources": [bids_uri(path)],
+        "SpatialReference": bids_uri(path),
+        "SkullStripped": False,
+        "Preprocessing": preprocessing_record(summary),
+    }
+
+
+def complete_sidecar(
+    kind: str,
+    base: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    *,
+    masked_output: bool = True,
+    patches: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """A sidecar finished with what is known only once preprocessing ran.
+
+    ``kind`` ``synthesized``: ``base`` (:func:`synthesis_sidecar`) gains ``SkullStripped``
+    from ``summary``, ``Preprocessing`` (:func:`preprocessing_record`), and under
+    ``Inference`` ``OutputMasked`` and ``Patches`` (computed and skipped counts). ``mask``:
+    ``base`` holds ``source`` and optionally ``reference`` (dataset-relative paths) and the
+    result is :func:`brain_mask_sidecar` with the summary's mask method. ``preproc``:
+    :func:`preproc_sidecar` of ``base["source"]``. Raises ``ValueError`` for another kind.
+    """
+    if kind == "mask":
+        method = (summary.get("BrainMask") or {}).get("Method")
+        return brain_mask_sidecar(base["source"], method, base.get("reference"))
+    if kind == "preproc":
+        return preproc_sidecar(base["source"], summary)
+    if kind != "synthesized":
+        raise ValueError(f"unknown sidecar kind {kind!r}")
+    sidecar = dict(base)
+    sidecar["SkullStripped"] = bool(summary.get("SkullStripped", False))
+    sidecar["Preprocessing"] = preprocessing_record(summary)
+    inference = dict(sidecar.get("Inference") or {})
+    inference["OutputMasked"] = bool(masked_output)
+    if patches is not None:
+        inference["Patches"] = {str(k): int(v) for k, v in patches.items()}
+    sidecar["Inference"] = inference
     return sidecar

@@ -20,9 +20,12 @@ from pathlib import Path
 from .. import __version__
 from ..config import (
     DEFAULT_SOURCES,
+    PREPROC_MODES,
+    SKULL_STRIP_MODES,
     SUPPORTED_TARGETS,
     ExecutionConfig,
     InferenceConfig,
+    PreprocConfig,
     RunConfig,
     SynthesisRequest,
 )
@@ -118,6 +121,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_size_argument(s)
     s.add_argument("--reference", action="store_true", help="the authors' loop, exactly")
     s.add_argument("--dry-run", action="store_true", help="print the plan; load no model")
+
+    q = p.add_argument_group("preprocessing (docs/preprocessing.md)")
+    q.add_argument(
+        "--preproc",
+        default="full",
+        choices=list(PREPROC_MODES),
+        help="'full' (default): conform to RAS+, brain mask, N4, brain extraction, results "
+        "back on the source grid; 'none': the source as stored into the network, no mask",
+    )
+    q.add_argument(
+        "--skull-strip-source",
+        default="auto",
+        choices=list(SKULL_STRIP_MODES),
+        help="'auto' (default): brain-extract unless the image is already brain-extracted; "
+        "'force': always; 'skip': never (the mask is the image's non-zero voxels)",
+    )
+    q.add_argument("--no-inu", action="store_true", help="no N4 bias-field correction")
+    q.add_argument(
+        "--no-mask-output",
+        action="store_true",
+        help="keep the network's output outside the brain mask (default: set to 0 there)",
+    )
+    q.add_argument(
+        "--save-preproc",
+        action="store_true",
+        help="also write the preprocessed source (desc-preproc_<suffix>) on the source grid",
+    )
 
     r = p.add_argument_group("running")
     r.add_argument("-w", "--work-dir", type=Path, default=Path("work"))
@@ -284,8 +314,37 @@ def _inference(args: argparse.Namespace, plugin: str = "Linear") -> InferenceCon
     )
 
 
+def _preproc(args: argparse.Namespace) -> PreprocConfig:
+    """The preprocessing settings; refuses options that only ``--preproc full`` can use."""
+    if args.preproc == "none":
+        unused = [
+            option
+            for option, given in (
+                ("--skull-strip-source", args.skull_strip_source != "auto"),
+                ("--no-inu", args.no_inu),
+                ("--no-mask-output", args.no_mask_output),
+                ("--save-preproc", args.save_preproc),
+            )
+            if given
+        ]
+        if unused:
+            raise CLIError(
+                errors.EX_USAGE,
+                f"{', '.join(unused)}: only used with --preproc full; drop "
+                f"{'them' if len(unused) > 1 else 'it'} or --preproc none",
+            )
+    return PreprocConfig(
+        preproc=args.preproc,
+        skull_strip_source=args.skull_strip_source,
+        inu=not args.no_inu,
+        mask_output=not args.no_mask_output,
+        save_preproc=args.save_preproc,
+    )
+
+
 def _execution(args: argparse.Namespace) -> ExecutionConfig:
-    """Nipype plugin and its arguments: from ``--use-plugin`` YAML, else MultiProc/Linear."""
+    """Nipype plugin and its arguments: from ``--use-plugin`` YAML, else MultiProc (workers
+    started by a fork server) or Linear."""
     if args.use_plugin:
         import yaml
 
@@ -296,10 +355,22 @@ def _execution(args: argparse.Namespace) -> ExecutionConfig:
         if not isinstance(spec, dict):
             raise CLIError(errors.EX_USAGE, f"--use-plugin {args.use_plugin}: not a mapping")
         plugin, plugin_args = spec.get("plugin", "MultiProc"), dict(spec.get("plugin_args") or {})
+        if plugin == "MultiProc":  # see below: forked workers deadlock in torch
+            plugin_args.setdefault("mp_context", "forkserver")
     elif args.nprocs == 1:
         plugin, plugin_args = "Linear", {}
     else:
-        plugin, plugin_args = "MultiProc", {"n_procs": args.nprocs, "raise_insufficient": False}
+        # Workers from a fork server, not forked from this process: torch's OpenMP pool, once
+        # used here (weights checked, device resolved), deadlocks in forked children (seen in
+        # deepbet's first parallel operation).
+        plugin, plugin_args = (
+            "MultiProc",
+            {
+                "n_procs": args.nprocs,
+                "raise_insufficient": False,
+                "mp_context": "forkserver",
+            },
+        )
         if args.mem_gb:
             plugin_args["memory_gb"] = args.mem_gb
     return ExecutionConfig(
@@ -356,6 +427,7 @@ def check_values(args: argparse.Namespace) -> None:
                 errors.EX_USAGE,
                 f"{flag} works at the participant level, without --dry-run and --reports-only",
             )
+    _preproc(args)
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -380,6 +452,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         request=_request(args),
         inference=_inference(args, execution.plugin) if needs_model else None,
         execution=execution,
+        preproc=_preproc(args),
         dry_run=args.dry_run,
         reports_only=args.reports_only,
         list_participants=args.list_participants,

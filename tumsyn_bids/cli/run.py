@@ -128,6 +128,7 @@ def participant_level(config: RunConfig) -> tuple[int, list[str]]:
             overwrite=config.execution.overwrite,
             patch_size=inference.patch_size if inference else None,
             reference=bool(inference and inference.reference),
+            preprocess=config.preproc.full,
         )
     except BIDSIndexError as exc:
         raise CLIError(errors.EX_NOINPUT, str(exc)) from None

@@ -38,6 +38,24 @@ def _common(p: argparse.ArgumentParser, lr: float, batch_size: int) -> None:
         metavar="LABEL",
         help="subjects held out for validation (never trained on)",
     )
+    g = p.add_argument_group("preprocessing (docs/preprocessing.md)")
+    g.add_argument(
+        "--preproc",
+        action="store_true",
+        help="train on the images the app's --preproc full gives the network (conformed, "
+        "INU-corrected, brain-extracted), made by the app's nodes and cached in --work-dir",
+    )
+    g.add_argument("--skull-strip-source", default="auto", choices=["auto", "force", "skip"])
+    g.add_argument("--no-inu", action="store_true", help="no N4 bias-field correction")
+    g.add_argument(
+        "-w",
+        "--work-dir",
+        type=Path,
+        metavar="DIR",
+        help="nipype work folder of --preproc (default OUT_DIR/work; a tumsyn run's work "
+        "folder serves both)",
+    )
+    g.add_argument("--omp-nthreads", type=int, default=1, help="threads of brain extraction")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=300)
     g.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
@@ -163,6 +181,11 @@ def _common_kwargs(args: argparse.Namespace) -> dict:
         "resume": args.resume,
         "log_every": args.log_every,
         "progress": not args.quiet,
+        "preproc": args.preproc,
+        "skull_strip_source": args.skull_strip_source,
+        "inu": not args.no_inu,
+        "work_dir": args.work_dir,
+        "omp_nthreads": args.omp_nthreads,
     }
 
 

@@ -23,8 +23,9 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..preproc.masks import check_brain_extracted, mask_from_nonzero
-from ..preproc.orientation import OrientationRecord, conform, to_source_grid
+from ..config import SKULL_STRIP_MODES
+from ..preproc.masks import check_brain_extracted, mask_from_nonzero, mask_on_grid
+from ..preproc.orientation import OrientationRecord, conform, to_source_axes, to_source_grid
 
 __all__ = [
     "ApplyMask",
@@ -34,8 +35,6 @@ __all__ = [
     "PreprocSummary",
     "ToSourceGrid",
 ]
-
-SKULL_STRIP_MODES = ("auto", "force", "skip")
 
 
 def _save(img: nib.Nifti1Image, path: str, description: str) -> str:
@@ -101,21 +100,30 @@ class Conform(SimpleInterface):
 
 
 class _ToSourceGridInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="image on the conformed grid")
+    in_file = File(
+        exists=True,
+        mandatory=True,
+        desc="image on the conformed grid (or on a grid "
+        "derived from it, such as a requested output grid)",
+    )
     orientation = File(exists=True, mandatory=True, desc="record written by Conform")
     reference = File(exists=True, mandatory=True, desc="the source image (its header is kept)")
     dtype = traits.Enum("keep", "uint8", "float32", usedefault=True, desc="stored data type")
 
 
 class _ToSourceGridOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="the image on the source grid, with the source's affine")
+    out_file = File(exists=True, desc="the image in the source's voxel order")
 
 
 class ToSourceGrid(SimpleInterface):
     """Map an image on the conformed grid back onto the source grid exactly (no interpolation).
 
-    The inverse permutation and flips of :class:`Conform`; the output carries the source's
-    header geometry verbatim (:func:`~tumsyn_bids.preproc.orientation.to_source_grid`).
+    The inverse permutation and flips of :class:`Conform`. An image on the conformed grid gets
+    the source's header geometry verbatim (:func:`~tumsyn_bids.preproc.orientation.
+    to_source_grid`: the source's affine bit for bit); an image on another grid over the
+    conformed axes (a synthesized image at a requested voxel size) is put back in the source's
+    axis order with its own affine reoriented (:func:`~tumsyn_bids.preproc.orientation.
+    to_source_axes`).
     """
 
     input_spec = _ToSourceGridInputSpec
@@ -125,7 +133,15 @@ class ToSourceGrid(SimpleInterface):
         record = OrientationRecord.load(self.inputs.orientation)
         img = nib.load(self.inputs.in_file)
         dtype = None if self.inputs.dtype == "keep" else np.dtype(self.inputs.dtype)
-        out = to_source_grid(img, record, nib.load(self.inputs.reference), dtype=dtype)
+        on_conformed = tuple(img.shape[:3]) == tuple(record.conformed_shape) and np.allclose(
+            img.affine, record.conformed_affine, rtol=0, atol=1e-4
+        )
+        if on_conformed:
+            out = to_source_grid(img, record, nib.load(self.inputs.reference), dtype=dtype)
+        else:
+            out = to_source_axes(img, record)
+            if dtype is not None:
+                out.set_data_dtype(dtype)
         base = os.path.basename(self.inputs.in_file).split(".")[0]
         description = img.header["descrip"].item().decode("utf-8", "replace")
         self._results["out_file"] = _save(
@@ -279,6 +295,16 @@ class N4Correct(SimpleInterface):
 class _ApplyMaskInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="image")
     mask_file = File(exists=True, mandatory=True, desc="mask on the image's grid")
+    resample = traits.Bool(
+        False,
+        usedefault=True,
+        desc="the mask may lie on another grid sharing the image's axes (the conformed grid of "
+        "a synthesized image at another voxel size): sample it nearest-neighbour",
+    )
+    out_name = traits.Str("brain.nii.gz", usedefault=True, desc="output file name")
+    description = traits.Str(
+        "tumsyn-bids brain-extracted", usedefault=True, desc="the header's descrip field"
+    )
 
 
 class _ApplyMaskOutputSpec(TraitedSpec):
@@ -286,7 +312,13 @@ class _ApplyMaskOutputSpec(TraitedSpec):
 
 
 class ApplyMask(SimpleInterface):
-    """Set every voxel outside the mask to 0 (the brain-extracted image the model reads)."""
+    """Set every voxel outside the mask to 0: the brain-extracted image the model reads, and
+    the synthesized image outside the brain (``--no-mask-output`` skips that).
+
+    With ``resample``, a mask on another grid over the same axes is sampled nearest-neighbour
+    onto the image's grid first (:func:`~tumsyn_bids.preproc.masks.mask_on_grid`); otherwise
+    a mask off the image's grid raises ``ValueError``.
+    """
 
     input_spec = _ApplyMaskInputSpec
     output_spec = _ApplyMaskOutputSpec
@@ -294,16 +326,22 @@ class ApplyMask(SimpleInterface):
     def _run_interface(self, runtime):
         img = nib.load(self.inputs.in_file)
         mask_img = nib.load(self.inputs.mask_file)
-        if mask_img.shape[:3] != img.shape[:3] or not np.allclose(
-            mask_img.affine, img.affine, rtol=0, atol=1e-4
-        ):
-            raise ValueError(f"{self.inputs.mask_file} is not on the grid of {self.inputs.in_file}")
         data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(img.shape[:3])
-        data = np.where(np.asarray(mask_img.dataobj).reshape(data.shape) > 0, data, 0.0)
+        mask = np.asarray(mask_img.dataobj).reshape(mask_img.shape[:3]) > 0
+        same = mask_img.shape[:3] == img.shape[:3] and np.allclose(
+            mask_img.affine, img.affine, rtol=0, atol=1e-4
+        )
+        if not same:
+            if not self.inputs.resample:
+                raise ValueError(
+                    f"{self.inputs.mask_file} is not on the grid of {self.inputs.in_file}"
+                )
+            mask = mask_on_grid(mask, mask_img.affine, img.shape[:3], img.affine)
+        data = np.where(mask, data, np.float32(0.0))
         self._results["out_file"] = _save(
             _like(data, img, np.float32),
-            os.path.join(runtime.cwd, "brain.nii.gz"),
-            "tumsyn-bids brain-extracted",
+            os.path.join(runtime.cwd, self.inputs.out_name),
+            self.inputs.description,
         )
         return runtime
 

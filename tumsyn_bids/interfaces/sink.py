@@ -1,4 +1,5 @@
-"""Write one derivative (image + sidecar) into the output dataset, atomically."""
+"""Write one derivative (image + sidecar) into the output dataset, atomically, and finish its
+sidecar with what was found at run time."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
 from ..bids.io import save_derivative
 from ..bids.names import sidecar_relpath
+from ..bids.sidecars import complete_sidecar
 
 
 class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
@@ -53,4 +56,44 @@ class DerivativesSink(SimpleInterface):
         self._results["out_sidecar"] = os.path.join(
             self.inputs.output_dir, sidecar_relpath(self.inputs.relpath)
         )
+        return runtime
+
+
+class _FinishSidecarInputSpec(BaseInterfaceInputSpec):
+    kind = traits.Enum("synthesized", "mask", "preproc", mandatory=True, desc="which derivative")
+    base = traits.Str(mandatory=True, desc="JSON: what is known when the workflow is built")
+    summary = File(exists=True, mandatory=True, desc="the preprocessing summary (preproc.json)")
+    masked_output = traits.Bool(True, usedefault=True, desc="output set to 0 outside the mask")
+    patches_computed = traits.Int(desc="patches the synthesis node encoded")
+    patches_skipped = traits.Int(desc="patches it skipped (no brain-mask voxel)")
+
+
+class _FinishSidecarOutputSpec(TraitedSpec):
+    sidecar = traits.Str(desc="the finished sidecar (a JSON object)")
+
+
+class FinishSidecar(SimpleInterface):
+    """Finish a derivative's sidecar with what preprocessing and synthesis found at run time
+    (:func:`tumsyn_bids.bids.sidecars.complete_sidecar`): whether the source was
+    brain-extracted, the steps and their software, the mask method, the patch counts."""
+
+    input_spec = _FinishSidecarInputSpec
+    output_spec = _FinishSidecarOutputSpec
+
+    def _run_interface(self, runtime):
+        with open(self.inputs.summary, encoding="utf-8") as fh:
+            summary = json.load(fh)
+        patches = None
+        if isdefined(self.inputs.patches_computed):
+            patches = {"Computed": self.inputs.patches_computed}
+            if isdefined(self.inputs.patches_skipped):
+                patches["Skipped"] = self.inputs.patches_skipped
+        sidecar = complete_sidecar(
+            self.inputs.kind,
+            json.loads(self.inputs.base),
+            summary,
+            masked_output=self.inputs.masked_output,
+            patches=patches,
+        )
+        self._results["sidecar"] = json.dumps(sidecar, sort_keys=True)
         return runtime

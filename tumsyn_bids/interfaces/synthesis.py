@@ -59,7 +59,9 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
         "(unset: the source grid)",
     )
     mask_file = File(
-        exists=True, desc="brain mask on the source grid: foreground-only patches, 0 outside"
+        exists=True,
+        desc="brain mask on in_file's grid: only patches holding a mask voxel are computed; "
+        "output voxels no computed patch covers are 0",
     )
     patch_size = traits.Tuple(
         traits.Int, traits.Int, traits.Int, mandatory=True, desc="patch edges along i, j, k"

@@ -46,6 +46,7 @@ __all__ = [
     "clean_mask",
     "largest_component",
     "mask_from_nonzero",
+    "mask_on_grid",
 ]
 
 #: Relative tolerance of "zero": a fraction of the 99th percentile of ``|value|``.
@@ -140,3 +141,36 @@ def check_brain_extracted(
         and support_fraction >= MIN_SUPPORT_FRACTION
     )
     return ExtractionCheck(extracted, zero_fraction, support_ml, support_fraction)
+
+
+def mask_on_grid(
+    mask: np.ndarray,
+    mask_affine: np.ndarray,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    atol: float = 1e-6,
+) -> np.ndarray:
+    """``mask`` (i, j, k, on ``mask_affine``) sampled nearest-neighbour onto another grid that
+    shares its axes (``shape``, ``affine``), e.g. a requested output grid over the same field
+    of view.
+
+    Each output voxel takes the value of the input voxel its centre falls in: input index
+    ``floor(x + 1/2)`` along each axis, ``x`` the centre's input voxel position (clipped to the
+    field of view). The synthesis engine assigns output voxels to patches by the same rule
+    (``[start - 1/2, start + patch - 1/2)``), so an output voxel is inside the mask exactly when
+    the input voxel whose patches decoded it is. Returns a bool array of ``shape``; raises
+    ``ValueError`` when the grids' axes are not parallel (the map between them is not a
+    per-axis scaling and shift, to ``atol``).
+    """
+    to_mask = np.linalg.inv(np.asarray(mask_affine, dtype=np.float64)) @ np.asarray(
+        affine, dtype=np.float64
+    )
+    linear = to_mask[:3, :3]
+    if np.abs(linear - np.diag(np.diag(linear))).max() > atol or np.any(np.diag(linear) <= 0):
+        raise ValueError("the mask's grid and the image's grid do not share their axes")
+    source = np.asarray(mask)
+    index = []
+    for axis in range(3):
+        x = to_mask[axis, axis] * np.arange(int(shape[axis])) + to_mask[axis, 3]
+        index.append(np.clip(np.floor(x + 0.5).astype(np.int64), 0, source.shape[axis] - 1))
+    return source[np.ix_(*index)].astype(bool)

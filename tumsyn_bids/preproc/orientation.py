@@ -35,8 +35,12 @@ __all__ = [
     "OrientationRecord",
     "conform",
     "conform_array",
+    "conformed_output_grid",
+    "orientation_of",
     "orientation_record",
+    "to_conformed_axes",
     "to_source_array",
+    "to_source_axes",
     "to_source_grid",
 ]
 
@@ -145,8 +149,20 @@ def orientation_record(
     runs that keep the stored voxel order. Raises ``ValueError`` when the image is not 3-D or
     its affine is not invertible (no axis order can be read from it).
     """
-    shape = _spatial_shape(img, name)
-    affine = np.asarray(img.affine, dtype=np.float64)
+    return orientation_of(_spatial_shape(img, name), img.affine, name, reorient)
+
+
+def orientation_of(
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    name: str = "image",
+    reorient: bool = True,
+) -> OrientationRecord:
+    """:func:`orientation_record` from a grid's (i, j, k) ``shape`` and 4x4 ``affine`` alone
+    (e.g. the plan's, read from the header). Raises ``ValueError`` for a non-invertible affine.
+    """
+    shape = tuple(int(n) for n in shape[:3])
+    affine = np.asarray(affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ValueError(f"{name}: the affine is not invertible; fix the header's qform/sform")
     to_ras = nio.io_orientation(affine) if reorient else RAS.copy()
@@ -269,3 +285,95 @@ def to_source_grid(
         out_data = out_data.astype(dtype, copy=False)
     header = _plain_header(source, out_data.dtype, record.source_shape)
     return nib.Nifti1Image(out_data, source.affine, header)
+
+
+def to_conformed_axes(values: tuple | list, record: OrientationRecord) -> tuple:
+    """A per-axis triple given along the source's (i, j, k) axes (voxel sizes, patch sizes),
+    reordered along the conformed axes. Values are moved, not changed (a flip keeps them)."""
+    source_of = np.argsort(record.to_ras[:, 0].astype(int))  # conformed axis -> source axis
+    return tuple(values[int(a)] for a in source_of)
+
+
+def conformed_output_grid(
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    *,
+    voxel_size: tuple[float, float, float] | None = None,
+    patch_size: tuple[int, int, int] | None = None,
+    reference: bool = False,
+    reorient: bool = True,
+):
+    """The output grid of synthesis on the conformed image, in the source's (i, j, k) axes.
+
+    Synthesis runs on the conformed (RAS+) array with ``voxel_size`` and ``patch_size`` (given
+    along the source axes) reordered along the conformed axes
+    (:func:`tumsyn_bids.model.grid.output_grid` there); the result is reoriented back by the
+    inverse permutation and flips. This returns that grid as an
+    :class:`~tumsyn_bids.model.grid.OutputGrid` of the source axes: output voxel ``q`` at
+    source voxel position ``origin + q * step`` (a flipped axis keeps its step and counts from
+    the other end), its affine the source affine composed with that map.
+
+    The default grid rule is centred on the field of view, so it commutes with permutations
+    and flips: the result equals ``output_grid`` on the source axes (to float rounding). The
+    authors' rule (``reference=True``) anchors the grid at voxel 0 and does not: on a flipped
+    axis the grid is anchored at the source's last voxel instead. ``reorient=False`` is the
+    source grid's own rule. Raises :class:`~tumsyn_bids.model.grid.GridError` for impossible
+    grids and ``ValueError`` for a non-invertible affine.
+    """
+    from ..model.grid import OutputGrid, output_grid
+
+    record = orientation_of(shape, affine, reorient=reorient)
+    grid = output_grid(
+        record.conformed_shape,
+        record.conformed_affine,
+        voxel_size=None if voxel_size is None else to_conformed_axes(voxel_size, record),
+        patch_size=None if patch_size is None else to_conformed_axes(patch_size, record),
+        reference=reference,
+    )
+    sizes, out_shape, origin, step, query = [], [], [], [], []
+    for target, flip in record.to_ras.astype(int):
+        n, m, h = record.conformed_shape[target], grid.shape[target], grid.step[target]
+        out_shape.append(m)
+        step.append(h)
+        sizes.append(grid.voxel_size[target])
+        start = grid.origin[target]
+        origin.append(start if flip > 0 else (n - 1) - start - (m - 1) * h)
+        if grid.query_size is not None:
+            query.append(grid.query_size[target])
+    voxel_map = np.eye(4)
+    voxel_map[:3, :3] = np.diag(step)
+    voxel_map[:3, 3] = origin
+    out_affine = record.source_affine @ voxel_map
+    return OutputGrid(
+        shape=tuple(int(m) for m in out_shape),
+        voxel_size=tuple(float(v) for v in sizes),
+        affine=tuple(tuple(float(v) for v in row) for row in out_affine),
+        origin=tuple(float(o) for o in origin),
+        step=tuple(float(h) for h in step),
+        query_size=tuple(int(q) for q in query) if query else None,
+    )
+
+
+def to_source_axes(
+    img: nib.spatialimages.SpatialImage, record: OrientationRecord
+) -> nib.Nifti1Image:
+    """An image on a grid derived from the conformed grid (e.g. a requested output grid over the
+    same field of view), put back in the source's axis order by the inverse permutation and
+    flips; values moved, never interpolated.
+
+    The affine is ``img``'s composed with the inverse reorientation (nibabel's
+    ``as_reoriented``), so every voxel keeps its world position; the qform/sform codes are the
+    source's. For an image on the conformed grid itself use :func:`to_source_grid`, which also
+    copies the source header's geometry verbatim. Raises ``ValueError`` for a non-3-D image.
+    """
+    shape = _spatial_shape(img, "image")
+    data = np.asanyarray(img.dataobj).reshape(shape)
+    header = _plain_header(img, data.dtype, shape)
+    plain = nib.Nifti1Image(data, img.affine, header)
+    out = plain.as_reoriented(record.from_ras)
+    codes = [int(img.header["sform_code"]), int(img.header["qform_code"])]
+    sform_code, qform_code = (codes[0] or codes[1] or 1), (codes[1] or codes[0] or 1)
+    out.header.set_sform(out.affine, code=sform_code)
+    out.header.set_qform(out.affine, code=qform_code)
+    out.update_header()
+    return out

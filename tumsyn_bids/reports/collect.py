@@ -149,6 +149,63 @@ def collect_subject(output_dir: str | os.PathLike[str], subject: str) -> list[Ou
     return [records[k] for k in sorted(records)]
 
 
+#: Figures of a source's preprocessing, by kind: the brain-mask outline and N4's bias field.
+PREPROC_FIGURES = ("brainmask", "inu")
+
+
+def source_stem(source_relpath: str) -> str:
+    """A source image's file name without extension (``sub-01_T1w``): names its preprocessing
+    figures and record."""
+    name = PurePath(source_relpath).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def preproc_record_relpath(subject: str, stem: str) -> str:
+    """``sub-XX/log/<source stem>_preproc.json``: what preprocessing did to one source."""
+    return f"sub-{subject}/log/{stem}_preproc.json"
+
+
+def preproc_figure_relpath(subject: str, stem: str, kind: str) -> str:
+    """``sub-XX/figures/<source stem>_<kind>.png`` (``kind`` in :data:`PREPROC_FIGURES`)."""
+    if kind not in PREPROC_FIGURES:
+        raise ValueError(f"unknown preprocessing figure {kind!r}")
+    return f"sub-{subject}/figures/{stem}_{kind}.png"
+
+
+@dataclass
+class PreprocRecord:
+    """What preprocessing did to one source image (read from its record in ``sub-XX/log``)."""
+
+    subject: str
+    session: str | None
+    source: str  # the source's file name without extension
+    summary: dict[str, Any]
+    figures: dict[str, str]  # kind -> path relative to the output folder
+
+
+def collect_preproc(output_dir: str | os.PathLike[str], subject: str) -> list[PreprocRecord]:
+    """Every source of ``subject`` whose preprocessing left a record, sorted by name, with the
+    figures that exist."""
+    root = Path(output_dir)
+    records = []
+    for path in sorted(subject_log_dir(root, subject).glob("*_preproc.json")):
+        stem = path.name[: -len("_preproc.json")]
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        figures = {}
+        for kind in PREPROC_FIGURES:
+            rel = preproc_figure_relpath(subject, stem, kind)
+            if (root / rel).is_file():
+                figures[kind] = rel
+        records.append(PreprocRecord(subject, _entity(stem, "ses"), stem, summary, figures))
+    return records
+
+
 def dataset_participants(bids_dir: str | os.PathLike[str]) -> list[str]:
     """Participant labels of an input dataset: ``sub-*`` folders and ``participants.tsv``."""
     root = Path(bids_dir)

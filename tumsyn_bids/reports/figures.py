@@ -128,3 +128,114 @@ def compare_figure(
     fig.savefig(tmp, dpi=dpi, facecolor="black")
     os.replace(tmp, out)
     return out
+
+
+def _views_figure(
+    base: _Volume,
+    overlay,
+    points: dict[int, list[np.ndarray]],
+    out_file: str | os.PathLike[str],
+    label: str,
+    dpi: int,
+    colorbar: tuple | None = None,
+) -> Path:
+    """Three rows (sagittal, coronal, axial) of ``base`` slices at ``points``; ``overlay(ax,
+    axis, index, aspect)`` draws on each panel. Written atomically (see :func:`compare_figure`).
+    """
+    use_agg()
+    from matplotlib.figure import Figure
+
+    n_slices = len(points[0])
+    fig = Figure(figsize=(2.0 * n_slices + 1.2, 2.0 * len(VIEWS) + 0.3), facecolor="black")
+    axes = fig.subplots(len(VIEWS), n_slices, squeeze=False)
+    drawn = None
+    vmin, vmax = base.window
+    for r, (view, axis) in enumerate(VIEWS):
+        for c, point in enumerate(points[axis]):
+            ax = axes[r][c]
+            index = base.index_of(point, axis)
+            plane, aspect = base.slice(axis, index)
+            ax.imshow(plane, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", aspect=aspect,
+                      interpolation="nearest")  # fmt: skip
+            drawn = overlay(ax, axis, index, aspect) or drawn
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            ax.set_title(f"{'xyz'[axis]}={point[axis]:.0f} mm", color="white", fontsize=9)
+        axes[r][0].set_ylabel(f"{label}\n{view}", color="white", fontsize=10)
+    fig.subplots_adjust(left=0.1, right=0.92 if colorbar else 0.99, top=0.95, bottom=0.02,
+                        wspace=0.02, hspace=0.15)  # fmt: skip
+    if colorbar and drawn is not None:
+        cax = fig.add_axes((0.935, 0.1, 0.015, 0.8))
+        bar = fig.colorbar(drawn, cax=cax)
+        bar.set_label(colorbar[0], color="white")
+        bar.ax.tick_params(colors="white")
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(temporary_name(out))
+    fig.savefig(tmp, dpi=dpi, facecolor="black")
+    os.replace(tmp, out)
+    return out
+
+
+def mask_figure(
+    image_file: str | os.PathLike[str],
+    mask_file: str | os.PathLike[str],
+    out_file: str | os.PathLike[str],
+    *,
+    label: str = "source",
+    n_slices: int = N_SLICES,
+    dpi: int = 72,
+) -> Path:
+    """The brain mask's outline (red) over the image, as sMRIPrep's brain-mask reportlet shows
+    it: three rows of ``n_slices`` slices spread over the mask's extent (10-90 %) in world
+    coordinates, RAS orientation. Image and mask must share a grid (``ValueError`` otherwise).
+    Returns the PNG's path."""
+    image = _Volume(image_file)
+    mask = _Volume(mask_file)
+    if mask.data.shape != image.data.shape or not np.allclose(mask.affine, image.affine, atol=1e-4):
+        raise ValueError(f"{mask_file} is not on the grid of {image_file}")
+    inside = mask.data > 0.5
+    mask.mask = inside
+
+    def outline(ax, axis, index, aspect):
+        plane = np.take(inside, index, axis=axis).T.astype(np.float32)
+        if plane.any() and not plane.all():
+            ax.contour(plane, levels=[0.5], colors="#ff3030", linewidths=0.9, origin="lower")
+        return None
+
+    return _views_figure(image, outline, slice_positions(mask, n_slices), out_file, label, dpi)
+
+
+def bias_figure(
+    image_file: str | os.PathLike[str],
+    bias_file: str | os.PathLike[str],
+    out_file: str | os.PathLike[str],
+    *,
+    label: str = "N4 bias field",
+    n_slices: int = N_SLICES,
+    dpi: int = 72,
+) -> Path:
+    """N4's multiplicative bias field in colour over the image's head (Otsu mask), with a
+    colour bar; the colour range is the field's 1st-99th percentile inside the head. Image and
+    field must share a grid (``ValueError`` otherwise). Returns the PNG's path."""
+    image = _Volume(image_file)
+    bias = _Volume(bias_file)
+    if bias.data.shape != image.data.shape or not np.allclose(bias.affine, image.affine, atol=1e-4):
+        raise ValueError(f"{bias_file} is not on the grid of {image_file}")
+    head = image.mask
+    values = bias.data[head] if head.any() else bias.data.ravel()
+    low, high = (float(v) for v in np.percentile(values, (1, 99)))
+    if high <= low:
+        low, high = low - 0.01, high + 0.01
+
+    def field(ax, axis, index, aspect):
+        plane = np.take(bias.data, index, axis=axis).T
+        shown = np.ma.masked_where(~np.take(head, index, axis=axis).T, plane)
+        return ax.imshow(shown, cmap="coolwarm", vmin=low, vmax=high, origin="lower",
+                         aspect=aspect, alpha=0.7, interpolation="nearest")  # fmt: skip
+
+    points = slice_positions(image, n_slices)
+    colorbar = ("multiplicative field",)
+    return _views_figure(image, field, points, out_file, label, dpi, colorbar)

@@ -21,7 +21,13 @@ from urllib.parse import quote, unquote, urlparse
 from .. import __version__
 from ..bids.dataset import update_bidsignore
 from ..bids.io import atomic_write_text
-from .collect import OutputRecord, collect_subject, crash_files
+from .collect import (
+    OutputRecord,
+    PreprocRecord,
+    collect_preproc,
+    collect_subject,
+    crash_files,
+)
 from .figures import compare_figure
 
 LOGGER = logging.getLogger("tumsyn_bids.reports")
@@ -154,6 +160,21 @@ def _seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} s"
 
 
+def _preproc_rows(sidecar: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Rows of a synthesized image's preprocessing: steps and the brain mask it was masked by."""
+    prep = sidecar.get("Preprocessing")
+    if not prep:
+        return [("Preprocessing", "none (the source as stored)")]
+    rows: list[tuple[str, Any]] = [
+        ("Preprocessing", e(", ".join(prep.get("Steps") or []) or "none")),
+        ("Skull-stripped", e(sidecar.get("SkullStripped"))),
+    ]
+    masks = [u[len("bids::") :] for u in sidecar.get("Sources") or [] if u.startswith("bids::")]
+    if masks:
+        rows.append(("Brain mask", " ".join(f'<a href="{href(m)}">{e(m)}</a>' for m in masks)))
+    return rows
+
+
 def output_section(record: OutputRecord, figure: str | None) -> str:
     """The block of one job: figure, prompts, protocol, model, settings, status."""
     side = record.sidecar
@@ -184,11 +205,48 @@ def output_section(record: OutputRecord, figure: str | None) -> str:
             ("Model", e(model.get("Name"))),
             ("Checkpoints", _checkpoints(model)),
             ("Inference", _inference(side.get("Inference") or {})),
+            *_preproc_rows(side),
             ("Output", f'<a href="{href(record.output)}">{e(record.output)}</a> '
                        f'(<a href="{href(sidecar_rel)}">sidecar</a>)'),
         ]  # fmt: skip
         if model.get("IntendedUse"):
             rows.append(("Intended use", f'<div class="warn">{e(model["IntendedUse"])}</div>'))
+    parts += [table(rows), "</section>"]
+    return "\n".join(parts)
+
+
+def preproc_section(record: PreprocRecord) -> str:
+    """The block of one source's preprocessing: what ran, the brain mask over the source (as
+    sMRIPrep's brain-mask reportlet) and N4's bias field, with the warnings."""
+    summary = record.summary
+    mask = summary.get("BrainMask") or {}
+    conform = summary.get("Conform") or {}
+    parts = [f'<section id="preproc-{e(record.source)}">',
+             f"<h3>Preprocessing of {e(record.source)}</h3>"]  # fmt: skip
+    for warning in summary.get("Warnings") or []:
+        parts.append(f'<p class="warn">{e(warning)}</p>')
+    captions = {
+        "brainmask": "Brain mask (red outline) over the INU-corrected source, in RAS "
+        "orientation; slices spread over the mask's extent.",
+        "inu": "N4's multiplicative bias field over the head (the corrected image is the source "
+        "divided by it).",
+    }
+    for kind in ("brainmask", "inu"):
+        if kind in record.figures:
+            parts.append(
+                f'<figure><img src="{href(record.figures[kind])}" alt="{e(kind)} of '
+                f'{e(record.source)}"><figcaption>{e(captions[kind])}</figcaption></figure>'
+            )
+    software = ", ".join(
+        f"{e(k)} {e(v)}" for k, v in sorted((summary.get("Software") or {}).items())
+    )
+    rows: list[tuple[str, Any]] = [
+        ("Steps", e(", ".join(summary.get("Steps") or []) or "none")),
+        ("Brain mask", e(mask.get("Method", "n/a"))),
+        ("Already brain-extracted?", e(mask.get("AlreadyExtractedCheck", "n/a"))),
+        ("Stored axis order", e(conform.get("SourceAxisCodes", "n/a"))),
+        ("Software", software or "n/a"),
+    ]
     parts += [table(rows), "</section>"]
     return "\n".join(parts)
 
@@ -206,8 +264,9 @@ def build_subject_report(
     root = Path(output_dir)
     source_root = input_dir(root, bids_dir)
     records = collect_subject(root, subject)
+    preprocessed = collect_preproc(root, subject)
     crashes = crash_files(root, subject)
-    sessions = sorted({r.session or "" for r in records})
+    sessions = sorted({r.session or "" for r in [*records, *preprocessed]})
     body = [f"<h1>tumsyn-bids report: sub-{e(subject)}</h1>"]
     if len(sessions) > 1:
         body.append(
@@ -222,8 +281,14 @@ def build_subject_report(
         "acquired data.</p>"
     )
     problems = [r for r in records if r.status not in ("done", "skipped")]
-    if problems or crashes:
+    warnings = [(p.source, w) for p in preprocessed for w in p.summary.get("Warnings") or []]
+    if problems or crashes or warnings:
         body.append("<h2>Errors and warnings</h2>")
+        for source, warning in warnings:
+            body.append(
+                f'<p class="warn"><b>preprocessing</b>: <a href="#preproc-{e(source)}">'
+                f"<code>{e(source)}</code></a> {e(warning)}</p>"
+            )
         for r in problems:
             body.append(
                 f'<p class="err"><b>{e(r.status)}</b>: <code>{e(r.output)}</code> '
@@ -242,6 +307,8 @@ def build_subject_report(
             body.append(f'<h2 id="ses-{e(session)}">Session {e(session)}</h2>')
         else:
             body.append("<h2>Outputs</h2>")
+        for prep in (p for p in preprocessed if (p.session or "") == session):
+            body.append(preproc_section(prep))
         for record in (r for r in records if (r.session or "") == session):
             body.append(output_section(record, make_figure(root, record, source_root)))
     update_bidsignore(root, REPORT_IGNORE)

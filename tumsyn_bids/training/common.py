@@ -41,11 +41,14 @@ def worker_init(worker_id: int) -> None:
     random.seed(s + worker_id)
 
 
-def select_images(config: CommonConfig) -> tuple[list[TrainingImage], list[TrainingImage]]:
+def select_images(
+    config: CommonConfig, ctx: DistributedContext | None = None
+) -> tuple[list[TrainingImage], list[TrainingImage]]:
     """Index the dataset like the app does; split off the validation subjects.
 
-    Every image left out is logged with its reason. Raises :class:`NoTrainingData` when nothing is
-    left to train on.
+    Every image left out is logged with its reason. With ``config.preproc`` the images' paths
+    are those of their preprocessed copies (:mod:`tumsyn_bids.training.preproc`; made by the
+    main process, ``ctx``). Raises :class:`NoTrainingData` when nothing is left to train on.
     """
     index = index_anatomical(
         config.bids_dir,
@@ -63,6 +66,8 @@ def select_images(config: CommonConfig) -> tuple[list[TrainingImage], list[Train
         raise NoTrainingData(
             f"{config.bids_dir}: no usable images for validation subject(s) {sorted(unknown)}"
         )
+    if config.preproc:
+        images = _preprocessed(config, images, ctx)
     train = [i for i in images if i.subject not in val_subjects]
     val = [i for i in images if i.subject in val_subjects]
     if not train:
@@ -71,6 +76,25 @@ def select_images(config: CommonConfig) -> tuple[list[TrainingImage], list[Train
             + (f" ({len(skipped)} left out, see the warnings above)" if skipped else "")
         )
     return train, val
+
+
+def _preprocessed(
+    config: CommonConfig, images: list[TrainingImage], ctx: DistributedContext | None
+) -> list[TrainingImage]:
+    from ..config import PreprocConfig
+    from .preproc import preprocessed
+
+    work_dir = Path(config.work_dir or Path(config.out_dir) / "work").resolve()
+    settings = PreprocConfig(skull_strip_source=config.skull_strip_source, inu=config.inu)
+    return preprocessed(
+        images,
+        Path(config.bids_dir).resolve(),
+        work_dir,
+        settings,
+        is_main=ctx is None or ctx.is_main,
+        barrier=ctx.barrier if ctx is not None and ctx.distributed else None,
+        omp_nthreads=config.omp_nthreads,
+    )
 
 
 def make_loader(

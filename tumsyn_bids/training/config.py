@@ -34,6 +34,13 @@ class CommonConfig:
     log_every: int = 1
     progress: bool = True
     database_dir: Path | None = None
+    #: ``--preproc``: train on the app's preprocessed images (conformed, INU-corrected,
+    #: brain-extracted), made by the app's nodes in ``work_dir`` (default ``out_dir/work``).
+    preproc: bool = False
+    skull_strip_source: str = "auto"
+    inu: bool = True
+    work_dir: Path | None = None
+    omp_nthreads: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

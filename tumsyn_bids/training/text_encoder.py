@@ -330,7 +330,7 @@ def _training_data(
     config: TextEncoderTrainingConfig, ctx: DistributedContext
 ) -> tuple[ImageTextDataset, ImageTextDataset | None, DataLoader, int]:
     """Training and validation sets, this rank's loader and the global batch size."""
-    train_images, val_images = select_images(config)
+    train_images, val_images = select_images(config, ctx)
     check_pairs(train_images, config.batch_size, ctx.world_size)
     cache = _cache_fits(len(train_images) + len(val_images), config.image_size)
     train_set = ImageTextDataset(train_images, config.image_size, cache)

@@ -1,6 +1,15 @@
 """Nipype workflow factories (public API for embedding TUMSyn in other pipelines)."""
 
 from ..config import InferenceConfig
-from .base import init_synthesis_wf, init_tumsyn_wf
+from .anat import init_anat_wf
+from .base import init_job_wf, init_synthesis_wf, init_tumsyn_wf
+from .preproc import init_preproc_wf
 
-__all__ = ["InferenceConfig", "init_synthesis_wf", "init_tumsyn_wf"]
+__all__ = [
+    "InferenceConfig",
+    "init_anat_wf",
+    "init_job_wf",
+    "init_preproc_wf",
+    "init_synthesis_wf",
+    "init_tumsyn_wf",
+]

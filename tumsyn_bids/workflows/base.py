@@ -1,9 +1,12 @@
 """Nipype workflows that execute a plan table.
 
-``init_tumsyn_wf`` builds one sub-workflow per participant/session; inside it each planned job is
-a chain ``check -> synthesize -> postprocess -> sink``. The synthesis node is a GPU node
+``init_tumsyn_wf`` builds one sub-workflow per participant/session. Inside it, every source image
+is checked and preprocessed once (:func:`tumsyn_bids.workflows.anat.init_anat_wf`), and each
+planned job is a chain ``synthesize -> mask -> back to the source grid -> postprocess -> sink``
+reading that source's outputs (:func:`init_job_wf`). The synthesis node is a GPU node
 (``use_gpu``), so MultiProc runs at most ``n_gpu_procs`` of them at once while the CPU nodes of
-other participants proceed. Other pipelines can embed :func:`init_synthesis_wf` directly.
+other participants proceed. Other pipelines can embed :func:`init_synthesis_wf` (one image,
+no preprocessing) directly.
 Every setting comes from one :class:`~tumsyn_bids.config.InferenceConfig`; every output grid
 from the plan's :class:`~tumsyn_bids.model.grid.OutputGrid`.
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pandas as pd
@@ -27,8 +30,11 @@ from nipype.pipeline import engine as pe
 from .. import __version__
 from ..batch import node_plugin_args
 from ..bids.names import subject_log_dir
-from ..config import SUPPORTED_TARGETS, InferenceConfig, SynthesisRequest
+from ..config import SUPPORTED_TARGETS, InferenceConfig, PreprocConfig, SynthesisRequest
 from ..interfaces import CheckImage, DerivativesSink, Postprocess, Synthesize
+from ..interfaces.preproc import ApplyMask, ToSourceGrid
+from ..interfaces.sink import FinishSidecar
+from .anat import init_anat_wf
 from .literate import LiterateWorkflow
 
 
@@ -71,21 +77,30 @@ def synthesis_desc(
     inference: InferenceConfig,
     output_resolution: Sequence[float] | None = None,
     stored: bool = True,
+    preproc: PreprocConfig | None = None,
 ) -> str:
-    """The methods paragraph of :func:`init_synthesis_wf` for these settings.
+    """The methods paragraph of :func:`init_synthesis_wf` and :func:`init_job_wf`.
 
     ``output_resolution`` is the voxel size the run requests (mm, i, j, k; None: the source
     grid) and selects the sentence stating the output grid rule of
     :mod:`tumsyn_bids.model.grid` (default or reference mode); ``stored`` adds how results are
-    stored as derivatives.
+    stored as derivatives; ``preproc`` (``--preproc full``) says that the network read the
+    preprocessed image, and how its output was masked and put back on the source grid.
     """
+    full = preproc is not None and preproc.full
+    read = (
+        "The network read the preprocessed source image (RAS+ voxel order, brain-extracted), "
+        "whose intensities were clipped"
+        if full
+        else "The source image was read as float32 data in its stored voxel order (not "
+        "reoriented), and its intensities were clipped"
+    )
     text = (
         "For every source image, a text prompt describing it (subject age and sex, field "
         "strength and manufacturer, modality, voxel size, and repetition, echo and inversion "
         "times and flip angle) was assembled from its BIDS sidecar metadata and the "
         "participants table, and a second prompt described the image to be synthesized with "
-        "its target protocol. The source image was read as float32 data in its stored voxel "
-        "order (not reoriented), and its intensities were clipped to its 0.01 and 99.9 "
+        f"its target protocol. {read} to its 0.01 and 99.9 "
         "percentiles (the lower one raised to 0 if negative) and scaled to [0, 1]. The TUMSyn "
         "network [@tumsyn], conditioned on the target prompt, was "
         "applied with PyTorch [@pytorch] to overlapping patches of "
@@ -117,6 +132,8 @@ def synthesis_desc(
             "field of view centred on the source's, and the network was queried at these voxel "
             "centres."
         )
+    if full:
+        text += " " + _masking_desc(inference, preproc, output_resolution is not None)
     if stored:
         text += (
             " Each result was checked to lie on its planned grid and stored as a BIDS "
@@ -125,6 +142,29 @@ def synthesis_desc(
             "inference settings and software versions."
         )
     return text
+
+
+def _masking_desc(inference: InferenceConfig, preproc: PreprocConfig, resampled: bool) -> str:
+    """The sentences of :func:`synthesis_desc` on foreground patches, masking, reorientation."""
+    skip = preproc.mask_output and not inference.reference
+    parts = []
+    if skip:
+        parts.append(
+            "Patches containing no voxel of the brain mask were not computed (this leaves every "
+            "voxel inside the mask unchanged)."
+        )
+    if preproc.mask_output:
+        where = (
+            "the brain mask, sampled onto the output grid by nearest neighbour"
+            if resampled
+            else "the brain mask"
+        )
+        parts.append(f"Voxels outside {where} were set to zero.")
+    parts.append(
+        "The result was put back into the source image's voxel order by the inverse axis "
+        "permutation, without interpolation."
+    )
+    return " ".join(parts)
 
 
 def run_desc(request: SynthesisRequest | None = None, version: str = __version__) -> str:
@@ -228,16 +268,168 @@ def init_synthesis_wf(
     return wf
 
 
+def init_job_wf(
+    inference: InferenceConfig,
+    *,
+    preproc: PreprocConfig | None = None,
+    name: str = "job_wf",
+    output_dir: str | None = None,
+    relpath: str | None = None,
+    sidecar: Mapping[str, Any] | None = None,
+    output_resolution: Sequence[float] | None = None,
+    patch_size: Sequence[int] | None = None,
+) -> LiterateWorkflow:
+    """One synthesis job of the BIDS App, reading a source that :func:`init_anat_wf` prepared.
+
+    Workflow graph (``--preproc full``)::
+
+        in_file, mask_file ─► synthesize ─► mask_output ─► to_source ─► postprocess ─► ds
+                              (foreground   (0 outside     (inverse     (grid check)    │
+                               patches)      the mask)      permutation)                │
+        summary + synthesize's patch counts ─► sidecar ─────────────────────────────────┘
+
+    ``synthesize`` (:class:`~tumsyn_bids.interfaces.synthesis.Synthesize`) reads
+    ``inputnode.in_file`` (the anat workflow's ``brain_file``: conformed and brain-extracted)
+    with ``inputnode.mask_file`` as its foreground, except in reference mode (``--reference``
+    keeps the authors' averaging bit for bit) and with ``--no-mask-output`` (the raw output is
+    computed everywhere). ``model_voxel_size`` is the requested voxel size along the conformed
+    axes and ``patch_size`` the patch edges along them (i.e. reordered from the source's
+    (i, j, k); default: the configuration's). ``mask_output`` (:class:`~tumsyn_bids.interfaces.
+    preproc.ApplyMask`) zeroes the output outside the brain mask (nearest neighbour on another
+    output grid); ``to_source`` (:class:`~tumsyn_bids.interfaces.preproc.ToSourceGrid`) puts it
+    back in the source's voxel order; ``postprocess`` checks it against ``expected_grid`` (the
+    plan's) and ``voxel_size`` (the request, source axes). The sidecar is finished with the
+    preprocessing summary and the patch counts (:class:`~tumsyn_bids.interfaces.sink.
+    FinishSidecar`) before ``ds_synthesized`` stores image and sidecar.
+
+    Without preprocessing (``preproc`` None or ``none``) the chain is ``synthesize ->
+    postprocess -> ds_synthesized`` on ``in_file`` as stored, with the sidecar as given: the
+    behaviour before preprocessing existed.
+
+    Inputs: ``in_file``, ``mask_file``, ``orientation``, ``summary`` (anat workflow outputs),
+    ``source_file`` (the source image), ``prompt``, ``voxel_size`` and ``model_voxel_size``
+    (unset: the source grid), ``expected_grid`` (:meth:`OutputGrid.record
+    <tumsyn_bids.model.grid.OutputGrid.record>` as JSON). Output: ``out_file``.
+    """
+    full = preproc is not None and preproc.full
+    wf = LiterateWorkflow(name=name)
+    wf.__desc__ = synthesis_desc(
+        inference, output_resolution, stored=output_dir is not None, preproc=preproc
+    )
+    fields = ["in_file", "mask_file", "orientation", "summary", "source_file", "prompt",
+              "voxel_size", "model_voxel_size", "expected_grid"]  # fmt: skip
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_file"]), name="outputnode")
+    settings = synthesize_inputs(inference)
+    if patch_size is not None:
+        settings["patch_size"] = tuple(int(p) for p in patch_size)
+    synth = pe.Node(
+        Synthesize(**settings),
+        name="synthesize",
+        mem_gb=inference.mem_gb,
+        n_procs=inference.num_threads or 1,
+    )
+    post = pe.Node(Postprocess(), name="postprocess")
+    wf.connect([
+        (inputnode, synth, [("in_file", "in_file"), ("prompt", "prompt")]),
+        (inputnode, post, [("source_file", "reference"), ("voxel_size", "voxel_size"),
+                           ("expected_grid", "expected_grid")]),
+        (post, outputnode, [("out_file", "out_file")]),
+    ])  # fmt: skip
+    if not full:
+        wf.connect([
+            (inputnode, synth, [("voxel_size", "voxel_size")]),
+            (synth, post, [("out_file", "in_file")]),
+        ])  # fmt: skip
+    else:
+        to_source = pe.Node(ToSourceGrid(dtype="float32"), name="to_source")
+        wf.connect([
+            (inputnode, synth, [("model_voxel_size", "voxel_size")]),
+            (inputnode, to_source, [("orientation", "orientation"), ("source_file", "reference")]),
+            (to_source, post, [("out_file", "in_file")]),
+        ])  # fmt: skip
+        if preproc.mask_output:
+            if not inference.reference:
+                wf.connect(inputnode, "mask_file", synth, "mask_file")
+            mask = pe.Node(
+                ApplyMask(
+                    resample=True,
+                    out_name="synthesized_masked.nii.gz",
+                    description="tumsyn-bids synthesized image",
+                ),
+                name="mask_output",
+            )
+            wf.connect([
+                (synth, mask, [("out_file", "in_file")]),
+                (inputnode, mask, [("mask_file", "mask_file")]),
+                (mask, to_source, [("out_file", "in_file")]),
+            ])  # fmt: skip
+        else:
+            wf.connect(synth, "out_file", to_source, "in_file")
+    if output_dir is None:
+        return wf
+    sink = pe.Node(
+        DerivativesSink(output_dir=str(output_dir), relpath=relpath),
+        name="ds_synthesized",
+        run_without_submitting=True,
+    )
+    wf.connect(post, "out_file", sink, "in_file")
+    text = json.dumps(dict(sidecar or {}), sort_keys=True)
+    if not full:
+        sink.inputs.sidecar = text
+        return wf
+    finish = pe.Node(
+        FinishSidecar(kind="synthesized", base=text, masked_output=preproc.mask_output),
+        name="sidecar",
+        run_without_submitting=True,
+    )
+    wf.connect([
+        (inputnode, finish, [("summary", "summary")]),
+        (synth, finish, [("patches_computed", "patches_computed"),
+                         ("patches_skipped", "patches_skipped")]),
+        (finish, sink, [("sidecar", "sidecar")]),
+    ])  # fmt: skip
+    return wf
+
+
+def node_config(crash_dir: str | Path) -> dict[str, dict[str, str]]:
+    """The nipype settings of every node a run builds: crash files (as text) in ``crash_dir``
+    and every output kept. Keeping outputs also keeps each node's hash free of which outputs
+    its workflow reads, so the app and ``tumsyn-train --preproc``, whose workflows read
+    different outputs of the same preprocessing nodes, share a work folder's cache."""
+    return {
+        "execution": {
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "remove_unnecessary_outputs": "false",
+        }
+    }
+
+
+def session_workflow_name(subject: str, session: str | None) -> str:
+    """``sub_01_ses_1_wf``: the workflow of one participant/session."""
+    return f"sub_{_safe(subject)}" + (f"_ses_{_safe(session)}" if session else "") + "_wf"
+
+
+def anat_workflow_name(relpath: str) -> str:
+    """``anat_sub_01_T1w_wf``: the :func:`init_anat_wf` of one image, named after its file, so
+    the app and ``tumsyn-train --preproc`` build the same nodes (and share a work folder's
+    cache)."""
+    stem = PurePath(relpath).name.split(".")[0]
+    return f"anat_{re.sub(r'[^A-Za-z0-9]', '_', stem)}_wf"
+
+
 def job_workflows(plan: pd.DataFrame) -> dict[str, tuple[str, str]]:
     """Output path -> (participant/session workflow name, job workflow name) of every planned
     row: the names :func:`init_tumsyn_wf` gives, so a job's nodes can be found in the work dir
-    (``<work_dir>/tumsyn_wf/<session wf>/<job wf>/<node>``, :func:`job_dir`)."""
+    (``<work_dir>/tumsyn_wf/<session wf>/<job wf>/<node>``, :func:`job_dir`). The job's source
+    is prepared in ``<session wf>/<anat wf>`` (:func:`anat_workflow_name`)."""
     names: dict[str, tuple[str, str]] = {}
     planned = plan[plan["status"] == "planned"]
     for (subject, session), rows in planned.groupby(
         [planned["subject"], planned["session"].fillna("")], sort=True
     ):
-        sub_name = f"sub_{_safe(subject)}" + (f"_ses_{_safe(session)}" if session else "") + "_wf"
+        sub_name = session_workflow_name(subject, session or None)
         for i, row in enumerate(rows.itertuples(index=False)):
             job_name = f"{_safe(row.source_suffix)}_to_{_safe(row.target_suffix)}_{i}_wf"
             names[row.output] = (sub_name, job_name)
@@ -245,9 +437,14 @@ def job_workflows(plan: pd.DataFrame) -> dict[str, tuple[str, str]]:
 
 
 def job_dir(work_dir: str | Path, names: tuple[str, str]) -> Path:
-    """The work-dir folder of one job (``names`` from :func:`job_workflows`); its nodes'
-    folders are ``check_image``, ``synthesize``, ``postprocess`` and ``ds_synthesized``."""
+    """The work-dir folder of one job (``names`` from :func:`job_workflows`), or of one anat
+    workflow (``(session wf, anat wf)``)."""
     return Path(work_dir) / "tumsyn_wf" / names[0] / names[1]
+
+
+def _reference(row: Any) -> str | None:
+    value = getattr(row, "anat_reference", None)
+    return value if isinstance(value, str) and value else None
 
 
 def init_tumsyn_wf(
@@ -258,15 +455,28 @@ def init_tumsyn_wf(
     inference: InferenceConfig,
     sidecars: Mapping[str, Mapping[str, Any]],
     request: SynthesisRequest | None = None,
+    preproc: PreprocConfig | None = None,
+    omp_nthreads: int = 1,
 ) -> LiterateWorkflow:
-    """The whole run: one sub-workflow per participant/session with a job per planned row.
+    """The whole run: one sub-workflow per participant/session, holding an
+    :func:`init_anat_wf` per source image (and per T1w named in the plan's ``anat_reference``)
+    and an :func:`init_job_wf` per planned row.
 
-    ``sidecars`` maps each output path (plan column ``output``) to its JSON sidecar. Crash
-    files of a participant's nodes go to :func:`subject_log_dir`, where users look for them.
-    ``request`` (what was asked for, with the requested output resolution) words the methods
-    text (:func:`run_desc`, :func:`synthesis_desc`); the plan alone decides what runs.
-    Workflow names are :func:`job_workflows`'.
+    ``sidecars`` maps each output path (plan column ``output``) to its JSON sidecar.
+    ``preproc`` (:class:`~tumsyn_bids.config.PreprocConfig`; None: no preprocessing) and
+    ``omp_nthreads`` (threads of deepbet) set up the anat workflows. With preprocessing, the
+    requested voxel size and the patch size are reordered along each source's conformed axes
+    (read from its header) for the synthesis node. Crash files of a participant's nodes go to
+    :func:`subject_log_dir`, where users look for them. ``request`` (what was asked for, with
+    the requested output resolution) words the methods text (:func:`run_desc`,
+    :func:`synthesis_desc`); the plan alone decides what runs. Workflow names are
+    :func:`job_workflows`' and :func:`anat_workflow_name`'s.
     """
+    import nibabel as nib
+
+    from ..preproc.orientation import orientation_record, to_conformed_axes
+
+    full = preproc is not None and preproc.full
     wf = LiterateWorkflow(name="tumsyn_wf", base_dir=str(work_dir))
     wf.__desc__ = run_desc(request)
     wf.__postdesc__ = "Synthesized images are predictions of a model, not acquired data."
@@ -274,31 +484,82 @@ def init_tumsyn_wf(
     planned = plan[plan["status"] == "planned"]
     names = job_workflows(plan)
     sub_wfs: dict[str, pe.Workflow] = {}
+    anat_wfs: dict[tuple[str, str], pe.Workflow] = {}
+    linked: set[tuple[str, str]] = set()  # sources connected to their T1w reference
+
+    def anat(sub_name: str, relpath: str, suffix: str, subject: str, source: bool, ref=None):
+        key = (sub_name, relpath)
+        if key not in anat_wfs:
+            node = init_anat_wf(
+                source_suffix=suffix,
+                preproc=preproc,
+                omp_nthreads=omp_nthreads,
+                output_dir=str(output_dir) if source else None,
+                subject=subject,
+                source_relpath=relpath if source else None,
+                reference_relpath=ref,
+                name=anat_workflow_name(relpath),
+            )
+            node.inputs.inputnode.source_file = str(Path(bids_dir) / relpath)
+            node.inputs.inputnode.source_name = relpath
+            sub_wfs[sub_name].add_nodes([node])
+            anat_wfs[key] = node
+        return anat_wfs[key]
+
     for row in planned.itertuples(index=False):
         sub_name, job_name = names[row.output]
         if sub_name not in sub_wfs:
             sub_wfs[sub_name] = pe.Workflow(name=sub_name)
-        job = init_synthesis_wf(
+        session_wf = sub_wfs[sub_name]
+        reference = _reference(row) if full else None
+        source_wf = anat(sub_name, row.source, row.source_suffix, row.subject, True, reference)
+        if reference is not None and (sub_name, row.source) not in linked:
+            linked.add((sub_name, row.source))
+            ref_wf = anat(sub_name, reference, "T1w", row.subject, False)
+            session_wf.connect([
+                (ref_wf, source_wf, [("outputnode.checked_file", "inputnode.t1w_file"),
+                                     ("outputnode.mask_source", "inputnode.t1w_mask")]),
+            ])  # fmt: skip
+        grid = row.output_grid
+        patch = None
+        model_voxel = None
+        if full:
+            record = orientation_record(nib.load(str(Path(bids_dir) / row.source)), row.source)
+            patch = to_conformed_axes(tuple(inference.patch_size), record)
+            if not grid.is_identity:
+                model_voxel = to_conformed_axes(tuple(grid.voxel_size), record)
+        job = init_job_wf(
             inference,
+            preproc=preproc,
             name=job_name,
             output_dir=str(output_dir),
             relpath=row.output,
             sidecar=sidecars[row.output],
             output_resolution=resolution,
+            patch_size=patch,
         )
         job.inputs.inputnode.source_file = str(Path(bids_dir) / row.source)
-        job.inputs.inputnode.source_name = row.source
         job.inputs.inputnode.prompt = row.target_prompt
-        grid = row.output_grid
         if not grid.is_identity:
             job.inputs.inputnode.voxel_size = tuple(grid.voxel_size)
+            if model_voxel is not None:
+                job.inputs.inputnode.model_voxel_size = tuple(model_voxel)
         job.inputs.inputnode.expected_grid = json.dumps(grid.record())
-        sub_wfs[sub_name].add_nodes([job])
+        links = [("outputnode.brain_file", "inputnode.in_file")]
+        if full:
+            links += [
+                ("outputnode.mask_file", "inputnode.mask_file"),
+                ("outputnode.orientation", "inputnode.orientation"),
+                ("outputnode.summary", "inputnode.summary"),
+            ]
+        session_wf.connect([(source_wf, job, links)])
+    crash_dirs = {}
+    for row in planned.itertuples(index=False):
+        crash_dirs[names[row.output][0]] = str(subject_log_dir(output_dir, row.subject))
+    for sub_name in sorted(sub_wfs):
         # Per node: nipype reads crashdump_dir from each node's own config, and the config of a
         # nested workflow is not passed down to its nodes.
-        crash_dir = str(subject_log_dir(output_dir, row.subject))
-        for node in job._get_all_nodes():
-            node.config = {"execution": {"crashdump_dir": crash_dir, "crashfile_format": "txt"}}
-    for sub_name in sorted(sub_wfs):
+        for node in sub_wfs[sub_name]._get_all_nodes():
+            node.config = node_config(crash_dirs[sub_name])
         wf.add_nodes([sub_wfs[sub_name]])
     return wf

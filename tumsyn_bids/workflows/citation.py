@@ -20,6 +20,7 @@ from ..bids.dataset import BIDS_VERSION, update_bidsignore
 from ..bids.io import atomic_write_text
 from ..bids.names import CITATION_RELPATH
 from .literate import visit_desc
+from .preproc import REFERENCES as PREPROC_REFERENCES
 
 __all__ = ["INTRO", "REFERENCES", "CitationError", "cite", "citation_text", "write_citation"]
 
@@ -63,6 +64,7 @@ REFERENCES: dict[str, str] = {
         "accessibility, and reproducibility of neuroimaging data analysis methods. PLoS "
         "Computational Biology 13(3):e1005209 (2017). doi:10.1371/journal.pcbi.1005209"
     ),
+    **PREPROC_REFERENCES,  # deepbet, N4, ANTs: cited by the preprocessing workflow
 }
 
 INTRO = (

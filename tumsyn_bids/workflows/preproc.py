@@ -11,8 +11,8 @@ from importlib.metadata import version
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..config import PREPROC_MODES, SKULL_STRIP_MODES
 from ..interfaces.preproc import (
-    SKULL_STRIP_MODES,
     ApplyMask,
     BrainMask,
     Conform,
@@ -23,9 +23,6 @@ from ..interfaces.preproc import (
 from ..preproc.inu import FIT_SPACING_MM, N4_SETTINGS
 
 __all__ = ["PREPROC_MODES", "REFERENCES", "init_preproc_wf"]
-
-#: ``--preproc``: ``full`` runs the steps below; ``none`` hands the source on as stored.
-PREPROC_MODES = ("full", "none")
 
 #: References the methods paragraph (``__desc__``) cites, by the keys it uses.
 REFERENCES: dict[str, str] = {

@@ -21,6 +21,7 @@ from ...model.tokenizer import PromptTooLongError, tokenize
 from ..common import progress, select_images
 from ..config import SynthesisTrainingConfig
 from ..data import ImagePair, load_normalised, modality_pairs
+from ..distributed import DistributedContext
 from ..errors import NoTrainingData, TrainingDataError
 from .sampling import PairVolumes, Sampling, validation_examples
 
@@ -97,9 +98,9 @@ def load_pairs(
 
 
 def _select_pairs(
-    config: SynthesisTrainingConfig,
+    config: SynthesisTrainingConfig, ctx: DistributedContext | None = None
 ) -> tuple[list[ImagePair], list[ImagePair]]:
-    train_images, val_images = select_images(config)
+    train_images, val_images = select_images(config, ctx)
     pairs, skipped = modality_pairs(train_images, config.resample_pairs)
     val_pairs, val_skipped = modality_pairs(val_images, config.resample_pairs)
     for line in skipped + val_skipped:
@@ -133,10 +134,14 @@ class PreparedData:
 
 
 def prepare_data(
-    config: SynthesisTrainingConfig, sampling: Sampling, show_progress: bool = False
+    config: SynthesisTrainingConfig,
+    sampling: Sampling,
+    show_progress: bool = False,
+    ctx: DistributedContext | None = None,
 ) -> PreparedData:
-    """Pairs from the BIDS index, their prompts embedded, their volumes loaded and cropped."""
-    pairs, val_pairs = _select_pairs(config)
+    """Pairs from the BIDS index, their prompts embedded, their volumes loaded and cropped
+    (with ``config.preproc``, the preprocessed volumes: :func:`~..common.select_images`)."""
+    pairs, val_pairs = _select_pairs(config, ctx)
     text = load_text_encoder(config.text_encoder, heads=config.text_heads)
     encoder: TextEncoder = text.model
     _check_prompts([*pairs, *val_pairs], encoder.config.context_length)

@@ -176,7 +176,7 @@ def setup(config: SynthesisTrainingConfig, ctx: DistributedContext) -> Run:
     last_path = checkpoint_to_continue(config, CHECKPOINT_LAST)
     show = config.progress and ctx.is_main
     sampling = Sampling.from_config(config)
-    data = prepare_data(config, sampling, show)
+    data = prepare_data(config, sampling, show, ctx)
     table = data.table.to(ctx.device)
 
     dataset = PatchDataset(data.train, config.patches_per_pair, sampling, config.seed)
