@@ -162,6 +162,9 @@ class FastFusionBlock(nn.Module):
     #: one thread). On a GPU the slabs only bound memory: :attr:`GPU_SLAB_ROWS` voxels each.
     SLAB_ROWS = 2048
     GPU_SLAB_ROWS = 1 << 16
+    #: Key/value values formed at once in :meth:`gate` (2^25: 128 MB in float32); a larger
+    #: matrix is streamed in row slabs of this size.
+    KV_BUDGET = 1 << 25
 
     def __init__(self, block: FusionBlock) -> None:
         super().__init__()
@@ -190,10 +193,18 @@ class FastFusionBlock(nn.Module):
         self.dwconv = copy.deepcopy(mlp.dwconv)
 
     def gate(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """The channel gate (B, C) of the cross-attention: x (B, N, C) voxel-major, text (B, C)."""
+        """The channel gate (B, C) of the cross-attention: x (B, N, C) voxel-major, text (B, C).
+
+        The key/value matrix (2C x N per patch: 1.3 GB for the published model on a 60^3 patch)
+        is formed whole when it holds at most :attr:`KV_BUDGET` values, else streamed
+        (:meth:`_streamed_gate`).
+        """
         b, n, c = x.shape
         h = self.heads
         q = F.normalize(F.linear(text, self.q_weight, self.q_bias).view(b, h, c // h), dim=-1)
+        if 2 * c * n > self.KV_BUDGET:
+            out = self._streamed_gate(x, q)
+            return F.linear(out.reshape(b, c), self.proj_weight, self.proj_bias)
         # kv in the authors' channel-major order: (B, 2C, N) = W_kv @ x^T + b
         kv = torch.baddbmm(
             self.kv_bias.view(1, -1, 1), self.kv_weight.expand(b, -1, -1), x.transpose(1, 2)
@@ -205,6 +216,48 @@ class FastFusionBlock(nn.Module):
         attn = logits.softmax(dim=-1)
         out = torch.einsum("bhn,bnhd->bhd", attn, v).reshape(b, c)
         return F.linear(out, self.proj_weight, self.proj_bias)
+
+    def _streamed_gate(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """The attention output (B, heads, head_dim) with the key/value matrix in row slabs.
+
+        Rows ``r0 .. r1`` of the channel-major (2C, N) key/value matrix are the flat values
+        ``r0 N .. r1 N``, i.e. the authors' tokens (2C consecutive values each) of that range;
+        a token cut by a slab boundary is completed with the next slab. The softmax over tokens
+        is accumulated online (running maximum, rescaled sum and weighted values; Milakov and
+        Gimelshein 2018, "Online normalizer calculation for softmax"), which is exact in real
+        arithmetic. Memory: one slab of at most :attr:`KV_BUDGET` values.
+        """
+        b, n, c = x.shape
+        h, d, width = self.heads, c // self.heads, 2 * c
+        rows = max(1, self.KV_BUDGET // n)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        out = x.new_empty((b, h, d), dtype=dtype)
+        for bi in range(b):
+            xt = x[bi].t()  # (C, N)
+            carry = x.new_empty(0)
+            top = torch.full((h,), -torch.inf, dtype=dtype, device=x.device)
+            total = torch.zeros(h, dtype=dtype, device=x.device)
+            acc = torch.zeros(h, d, dtype=dtype, device=x.device)
+            for r0 in range(0, width, rows):
+                r1 = min(r0 + rows, width)
+                part = torch.addmm(self.kv_bias[r0:r1, None], self.kv_weight[r0:r1], xt)
+                flat = torch.cat([carry, part.view(-1)]) if carry.numel() else part.view(-1)
+                tokens = flat.numel() // width
+                carry = flat[tokens * width :]
+                if tokens == 0:
+                    continue
+                kv = flat[: tokens * width].view(tokens, 2, h, d)
+                k, v = kv[:, 0], kv[:, 1]
+                logits = torch.einsum("hd,nhd->hn", q[bi], k).to(dtype)
+                logits.div_(torch.linalg.vector_norm(k, dim=-1).clamp_min_(1e-12).t())
+                new_top = torch.maximum(top, logits.amax(dim=-1))
+                rescale = torch.exp(top - new_top)
+                weights = torch.exp(logits - new_top[:, None])
+                total = total * rescale + weights.sum(dim=-1)
+                acc = acc * rescale[:, None] + torch.einsum("hn,nhd->hd", weights, v.to(dtype))
+                top = new_top
+            out[bi] = acc / total[:, None]
+        return out.to(x.dtype)
 
     def feed_forward(self, xn: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
         """``xn + project_out(gelu(x1) * x2)``, ``x1, x2 = dwconv(project_in(xn))``, slab-wise.

@@ -42,7 +42,7 @@ def synthesize_inputs(inference: InferenceConfig) -> dict[str, Any]:
         "batch_size": inference.batch_size,
         "device": inference.device_type or inference.device,
         "precision": inference.precision,
-        "reference": inference.reference,
+        "speed": inference.speed,
         "use_gpu": inference.use_gpu,
     }
     if inference.text_heads:
@@ -71,13 +71,15 @@ def synthesis_desc(
     inference: InferenceConfig,
     output_resolution: Sequence[float] | None = None,
     stored: bool = True,
+    brain_mask: bool = False,
 ) -> str:
     """The methods paragraph of :func:`init_synthesis_wf` for these settings.
 
     ``output_resolution`` is the voxel size the run requests (mm, i, j, k; None: the source
     grid) and selects the sentence stating the output grid rule of
     :mod:`tumsyn_bids.model.grid` (default or reference mode); ``stored`` adds how results are
-    stored as derivatives.
+    stored as derivatives; ``brain_mask`` says that synthesis is given a brain mask (the
+    ``--speed`` sentences about skipped patches).
     """
     text = (
         "For every source image, a text prompt describing it (subject age and sex, field "
@@ -98,7 +100,7 @@ def synthesis_desc(
             ", following the authors' reference inference procedure exactly (their patch "
             "placement and output-grid arithmetic)"
         )
-    text += ". "
+    text += ". " + _speed_desc(inference.speed, brain_mask)
     if output_resolution is None:
         text += "Each output is on the voxel grid of its source image."
     elif inference.reference:
@@ -124,6 +126,32 @@ def synthesis_desc(
             "JSON sidecar recording the source image, both prompts, checkpoint digests, "
             "inference settings and software versions."
         )
+    return text
+
+
+def _speed_desc(speed: str | None, brain_mask: bool) -> str:
+    """The sentences of the methods paragraph that the ``--speed`` preset adds."""
+    if speed == "reference":
+        return ""
+    text = (
+        "The network was run as an inference-only copy with its batch normalization layers "
+        "folded into the preceding convolutions, which computes the same function up to "
+        "floating-point rounding. "
+    )
+    if not brain_mask:
+        return text
+    text += "Patches without any brain-mask voxel, which do not contribute inside the brain, "
+    if speed == "fast":
+        from ..model.speed import FAST_MIN_FOREGROUND
+
+        text += (
+            f"and patches with fewer than {FAST_MIN_FOREGROUND:.0%} brain-mask voxels whose "
+            "brain voxels were all covered by other patches were not computed (a speed "
+            "setting that changes the result slightly: brain voxels near the brain edge are "
+            "averaged over fewer patches). "
+        )
+    else:
+        text += "were not computed. "
     return text
 
 
