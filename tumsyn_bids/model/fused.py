@@ -38,6 +38,7 @@ features (B, C, D, H, W), coordinates (B, K, 3) in array-axis order, normalised 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from itertools import product
 from typing import NamedTuple
@@ -88,6 +89,16 @@ def fold_batch_norm(conv: nn.Conv3d, bn: nn.BatchNorm3d | None, scale: float = 1
         fused.weight.copy_(weight * scale)
         fused.bias.copy_(bias * scale)
     return fused
+
+
+def _autocast_dtype(device: str) -> torch.dtype | None:
+    """The autocast dtype on ``device`` (a device type) if autocast is on there, else None
+    (also for device types without autocast, such as ``meta``)."""
+    try:
+        enabled = torch.is_autocast_enabled(device)
+    except RuntimeError:  # no autocast for this device type
+        return None
+    return torch.get_autocast_dtype(device) if enabled else None
 
 
 def _onednn(x: torch.Tensor) -> bool:
@@ -271,9 +282,10 @@ class FastFusionBlock(nn.Module):
         outside the volume, which is the convolution's zero padding.
         """
         device = xn.device.type
-        if torch.is_autocast_enabled(device):  # run in the autocast dtype, explicitly
+        dtype = _autocast_dtype(device)
+        if dtype is not None:  # run in the autocast dtype, explicitly
             with torch.autocast(device, enabled=False):
-                return self._feed_forward(xn, size, torch.get_autocast_dtype(device))
+                return self._feed_forward(xn, size, dtype)
         return self._feed_forward(xn, size, xn.dtype)
 
     def _feed_forward(
@@ -459,9 +471,9 @@ class FastDecoder(nn.Module):
             order = "factorised" if self.factorised_pays(k, n) else "plain"
         device = features.device.type
         dtype = features.dtype
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
-        with torch.autocast(device, enabled=False):
+        autocast = _autocast_dtype(device)
+        dtype = autocast or dtype
+        with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
             # voxel-major (B, N, C): a view if the features are channels-last
             fv = features.permute(0, 2, 3, 4, 1).reshape(b, n, c).to(dtype)
             weights = _DecoderWeights(
