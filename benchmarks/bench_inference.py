@@ -8,7 +8,8 @@ Two cases:
 
 * a random volume (default): the engine in its plain default mode against the authors' loop;
 * ``--whole-head``: a simulated 1 mm head (``tumsyn-simulate --with-head``) with its exact brain
-  mask, and every ``--speed`` preset: the authors' loop, ``reference`` (max |Δ| against the
+  mask, and every ``--speed`` preset: the authors' loop (float32; on CUDA without TF32, as the
+  engine's float32 runs), ``reference`` (max |Δ| against the
   authors' output), ``default`` (max |Δ| inside the brain; patches computed and skipped; the
   output is taken as masked, so only voxels next to the brain are decoded) and ``fast`` (PSNR
   against ``default`` inside the brain, peak = the range of ``default``'s output there; bf16 on
@@ -31,6 +32,7 @@ factorised decoder does fewer, so its figure is an effective rate.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -108,6 +110,21 @@ def authors_loop(net, volume, text, crop, coord, overlap, device):
             pred[oz : oz + coord[0], oy : oy + coord[1], ox : ox + coord[2]] += p
             count[oz : oz + coord[0], oy : oy + coord[1], ox : ox + coord[2]] += 1
     return pred / count
+
+
+@contextlib.contextmanager
+def no_tf32(device: torch.device):
+    """float32 arithmetic on CUDA for the authors' loop, as the engine's float32 runs have it
+    (PyTorch's default lets cuDNN convolutions use TF32, a 10-bit mantissa)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def matmul_gflops(device, n=2048, repeats=10, dtype=torch.float32):
@@ -308,7 +325,8 @@ def whole_head(args, device: torch.device) -> dict:
     for name, synth in synths.items():
         synth.synthesize(warm, PROMPT, settings[name])
     if "authors" in args.modes:
-        authors_loop(plain, percentile_normalise(warm), text, crop, crop, args.overlap, device)
+        with no_tf32(device):
+            authors_loop(plain, percentile_normalise(warm), text, crop, crop, args.overlap, device)
     _sync(device)
 
     load_before = os.getloadavg()
@@ -317,7 +335,8 @@ def whole_head(args, device: torch.device) -> dict:
         with PeakMemory(device) as memory:
             t = time.perf_counter()
             if name == "authors":
-                out = authors_loop(plain, norm, text, crop, crop, args.overlap, device)
+                with no_tf32(device):
+                    out = authors_loop(plain, norm, text, crop, crop, args.overlap, device)
                 computed, skipped, decoded = planned, 0, planned * side**3
             else:
                 synth = synths[name]

@@ -179,3 +179,52 @@ def test_streamed_key_value_gate_equals_the_whole_one():
         for budget in (1000, 504, 505, 64, 1):  # N = 504 voxels, tokens of 64 values
             fast.KV_BUDGET = budget
             torch.testing.assert_close(fast(x, text), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_default_preset_on_cuda_is_float32_exact(small, small_settings, small_prompts, volume):
+    """On CUDA the default preset (fused network, fp32) runs without TF32 by itself: the
+    authors' outputs to 1e-4, also inside a brain mask with foreground-only patches."""
+    run = small_settings["runs"]["same_res"]
+    net = load_synthesis(small / "synthesis.pth").model
+    text = load_text_encoder(small / "text_encoder.pt", heads=fixture_heads(small)).model
+    synth = Synthesizer(net, text, "cuda", **preset("default").synthesizer_options("cuda"))
+    assert (synth.precision, synth.fused_network is not None) == ("fp32", True)
+    assert torch.backends.cudnn.allow_tf32  # PyTorch's default, which the engine overrides
+    settings = PatchSettings(tuple(run["crop_size"]), overlap=run["overlap_ratio"], batch_size=4,
+                             **preset("default").engine_options(masked_output=True))  # fmt: skip
+    brain = _brain(volume.shape, centre=0.5, radius=0.45)
+    out = synth.synthesize(volume, small_prompts[f"cleaned_{run['prompt']}"], settings, mask=brain)
+    expected = np.load(small / "expected_same_res.npy")
+    assert np.abs(out - expected)[brain].max() <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_fast_preset_on_cuda_is_bf16_and_within_40_db_on_a_simulated_head(tmp_path):
+    """The demo model on a 2 mm simulated head with its brain mask: fast (bf16, fewer patches)
+    against default (fp32) inside the brain."""
+    import nibabel as nib
+
+    from tumsyn_bids.cli.simulate import main as simulate
+    from tumsyn_bids.model.bundled import demo_weights
+    from tumsyn_bids.model.volume import to_model_order
+
+    options = ["--subjects", "1", "--modalities", "T1w", "--with-head", "--voxel-size", "2"]
+    assert simulate([str(tmp_path / "head"), *options]) == 0
+    head = np.asarray(nib.load(next((tmp_path / "head").rglob("*_T1w.nii.gz"))).dataobj)
+    mask = nib.load(next((tmp_path / "head").rglob("*_desc-brain_mask.nii.gz"))).dataobj
+    head, brain = to_model_order(head.astype(np.float32)), to_model_order(np.asarray(mask) > 0)
+    syn, te = demo_weights()
+    outputs, computed = {}, {}
+    for name in ("default", "fast"):
+        synth = Synthesizer(load_synthesis(syn).model, load_text_encoder(te).model, "cuda",
+                            **preset(name).synthesizer_options("cuda"))  # fmt: skip
+        settings = PatchSettings((20, 20, 20), batch_size=8, **preset(name).engine_options(True))
+        outputs[name] = synth.synthesize(head, "Age: 40; Modality: T2w", settings, mask=brain)
+        computed[name] = synth.last_stats.computed
+        assert synth.precision == ("bf16" if name == "fast" else "fp32")
+    assert computed["fast"] < computed["default"]
+    default = outputs["default"]
+    peak = default[brain].max() - default[brain].min()
+    assert psnr(outputs["fast"] / peak, default / peak, brain) >= 40.0

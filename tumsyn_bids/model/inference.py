@@ -313,9 +313,10 @@ class Synthesizer:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     @contextmanager
-    def _exact_float32(self, reference: bool):
-        """In reference mode on CUDA, forbid TF32 so results stay at float32 accuracy."""
-        if not (reference and self.device.type == "cuda"):
+    def _exact_float32(self, exact: bool):
+        """With ``exact`` on CUDA, forbid TF32 so results stay at float32 accuracy (PyTorch
+        lets cuDNN convolutions use TF32 by default: a 10-bit mantissa)."""
+        if not (exact and self.device.type == "cuda"):
             yield
             return
         saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -413,7 +414,9 @@ class Synthesizer:
         cz, cy, cx = settings.patch_size
         decoded = 0
         bar = tqdm(total=len(todo), desc="synthesis", unit="patch", disable=not progress)
-        with self._autocast(settings.reference), self._exact_float32(settings.reference):
+        # float32 runs (reference, and default/fast without bf16) stay exact: no TF32
+        exact = settings.reference or self.precision == "fp32"
+        with self._autocast(settings.reference), self._exact_float32(exact):
             for batch in _batches(todo, settings.batch_size):
                 crops = [source[z : z + cz, y : y + cy, x : x + cx] for z, y, x in _starts(batch)]
                 patches = torch.stack(crops)[:, None].to(self.device)
