@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .model.speed import DEFAULT_SPEED, SPEEDS
 from .model.tokenizer import CONTEXT_LENGTH
 
 #: Suffixes TUMSyn can synthesize (those with a default protocol), in default source order.
@@ -54,7 +55,11 @@ class InferenceConfig:
     ``patch_size`` is in voxels along the source's (i, j, k) axes; ``device`` is what was asked
     (``auto``, ``cpu``, ``cuda``) and ``device_type`` what it resolved to (None when not
     resolved, e.g. in a dry run); ``num_threads`` the torch CPU threads of a synthesis node;
-    ``mem_gb`` the memory a synthesis node reserves in nipype's MultiProc.
+    ``mem_gb`` the memory a synthesis node reserves in nipype's MultiProc. ``speed`` is the
+    ``--speed`` preset (:mod:`tumsyn_bids.model.speed`); ``reference`` is True exactly when it is
+    ``"reference"`` (give either; None: ``"reference"`` if ``reference`` else ``"default"``),
+    and ``precision`` is already resolved for it and the device. Raises ``ValueError`` for an
+    unknown speed or ``reference=True`` with another speed.
     """
 
     checkpoint: str
@@ -69,6 +74,16 @@ class InferenceConfig:
     reference: bool = False
     num_threads: int | None = None
     mem_gb: float = 4.0
+    speed: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.speed is None:
+            object.__setattr__(self, "speed", "reference" if self.reference else DEFAULT_SPEED)
+        if self.speed not in SPEEDS:
+            raise ValueError(f"unknown speed {self.speed!r}; choose one of {', '.join(SPEEDS)}")
+        if self.reference and self.speed != "reference":
+            raise ValueError(f"reference=True contradicts speed={self.speed!r}")
+        object.__setattr__(self, "reference", self.speed == "reference")
 
     @property
     def use_gpu(self) -> bool:

@@ -155,6 +155,7 @@ def build_sidecars(plan: pd.DataFrame, config: RunConfig) -> dict[str, dict[str,
             precision=inference.precision,
             reference=inference.reference,
             output_voxel_size=voxel,
+            speed=inference.speed,
         )
         sidecars[row.output] = synthesis_sidecar(
             source_relpath=row.source,

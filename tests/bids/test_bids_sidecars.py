@@ -109,6 +109,7 @@ def test_sidecar_keys_and_values() -> None:
         "Device": "cuda",
         "Precision": "bf16",
         "ReferenceMode": False,
+        "Speed": "default",
         "OutputResolution": "source grid",
     }
     assert "Resolution" not in sidecar
@@ -210,6 +211,12 @@ def test_inference_record_patch_and_resolution() -> None:
     assert record["PatchSize"] == [48, 60, 60]
     assert record["OutputResolution"] == [1.0, 1.0, 1.0]
     assert record["ReferenceMode"] is True
+    assert record["Speed"] == "reference"
+    fast = inference_record(
+        patch_size=32, overlap=0.5, batch_size=1, device="cuda", precision="bf16",
+        reference=False, speed="fast",
+    )  # fmt: skip
+    assert (fast["Speed"], fast["ReferenceMode"], fast["Precision"]) == ("fast", False, "bf16")
 
 
 def test_software_versions_do_not_import_torch() -> None:

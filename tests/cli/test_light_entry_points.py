@@ -29,7 +29,7 @@ def _run(args, env_extra):
         "from tumsyn_bids.cli.run import main; rc = main(sys.argv[1:]); "
         "assert 'torch' not in sys.modules, 'torch was imported'; "
         "assert not any(m.startswith('tumsyn_bids.model.') and m.split('.')[2] not in "
-        "('grid', 'tokenizer', 'metadata', 'errors', 'bundled') for m in sys.modules), "
+        "('grid', 'tokenizer', 'metadata', 'errors', 'bundled', 'speed') for m in sys.modules), "
         "sorted(m for m in sys.modules if m.startswith('tumsyn_bids.model'));"
         "sys.exit(rc)"
     )

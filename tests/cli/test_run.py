@@ -74,6 +74,7 @@ def test_participant_run_writes_derivatives(app_run):
         assert side["SkullStripped"] is False and "Preprocessing" not in side
         assert len(side["Sources"]) == 1 and "Patches" not in side["Inference"]
         assert not list((out / rel).parent.glob("*desc-brain_mask*"))
+        assert side["Inference"]["Speed"] == "default"
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Name"] == "tumsyn-bids"
@@ -85,6 +86,7 @@ def test_participant_run_writes_derivatives(app_run):
     assert "T2w and FLAIR images were synthesized with tumsyn-bids" in citation
     assert "overlapping patches of 20 x 20 x 20 voxels (overlap ratio 0.5)" in citation
     assert "Each output is on the voxel grid of its source image." in citation
+    assert "inference-only copy with its batch normalization layers folded" in citation
     # the input dataset is never written to
     assert tree_digest(bids) == before
 
@@ -169,6 +171,8 @@ def test_dry_run_prompts_are_the_hand_written_ones(tmp_path, capsys):
         ("unknown-target", 64),
         ("nothing-selected", 66),
         ("zero-batch-size", 64),
+        ("reference-and-fast", 64),
+        ("bf16-on-cpu", 64),
     ],
 )
 def test_exit_codes(tmp_path, case, code, capsys):
@@ -204,6 +208,10 @@ def test_exit_codes(tmp_path, case, code, capsys):
         extra += ["--source", "FLAIR"]
     elif case == "zero-batch-size":
         extra += ["--batch-size", "0"]
+    elif case == "reference-and-fast":
+        extra += ["--reference", "--speed", "fast"]
+    elif case == "bf16-on-cpu":
+        extra += ["--device", "cpu", "--precision", "bf16"]
     assert _exit_code(args + extra) == code
     assert "Traceback" not in capsys.readouterr().err
 

@@ -99,6 +99,7 @@ def test_eval_command_writes_scores_and_the_patch_and_batch_size_it_used(coarse,
     report = json.loads((out / "evaluation.json").read_text())
     assert report["patch_size"] == [64, 60, 56]
     assert report["batch_size"] == 1  # patches above 24^3 voxels: one per pass by default
+    assert (report["speed"], report["precision"]) == ("default", "fp32")
     assert report["model"]["name"] == "tumsyn-bids-demo-phantom"
     assert sorted(row["method"] for row in report["summary"]) == ["histmatch", "model", "source"]
     assert set(report["psnr_margin_over_better_baseline_db"]) == {"T1w->T2w"}

@@ -144,12 +144,15 @@ def inference_record(
     precision: str,
     reference: bool,
     output_voxel_size: Sequence[float] | None = None,
+    speed: str | None = None,
 ) -> dict[str, Any]:
     """``Inference`` of a sidecar: the settings that can change the synthesized values.
 
     ``device`` is reduced to its type (``cuda:1`` -> ``cuda``): which of a node's GPUs ran the job
     does not change the result, and recording it would make identical runs differ.
-    ``output_voxel_size`` is None when the output is on the source image's grid.
+    ``output_voxel_size`` is None when the output is on the source image's grid. ``speed`` is
+    the ``--speed`` preset (None: ``reference`` or ``default`` after ``reference``), recorded as
+    ``Speed``; what each preset does is in ``docs/speed.md``.
     """
     patch = [int(patch_size)] * 3 if isinstance(patch_size, int) else [int(p) for p in patch_size]
     record: dict[str, Any] = {
@@ -159,6 +162,7 @@ def inference_record(
         "Device": str(device).split(":", 1)[0],
         "Precision": str(precision),
         "ReferenceMode": bool(reference),
+        "Speed": str(speed or ("reference" if reference else "default")),
         "OutputResolution": _voxel_size(output_voxel_size, "output voxel size") or "source grid",
     }
     return record

@@ -25,9 +25,11 @@ from .parsing import (  # noqa: E402
     UsageError,
     add_batch_size_argument,
     add_patch_size_argument,
+    add_speed_arguments,
     add_weight_arguments,
     batch_size,
     patch_size,
+    speed,
     weights_or_demo,
 )
 
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-heads", type=int)
     add_patch_size_argument(p)
     add_batch_size_argument(p)
+    add_speed_arguments(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-te-check", action="store_true", help="skip the echo-time check")
     p.add_argument("--save-images", action="store_true", help="also write predictions and truth")
@@ -90,19 +93,24 @@ def run(args: argparse.Namespace) -> int:
         load_text_encoder,
     )
     from ..model.checkpoints import CheckpointError
+    from ..model.inference import resolve_device
     from ..model.metadata import checkpoint_metadata, file_sha256
+    from ..model.speed import preset
 
     try:
         tasks = [Task.parse(t) for t in args.tasks]
+        speed_name = speed(args.speed, args.reference)
         checkpoint, text_encoder = weights_or_demo(args.checkpoint, args.text_encoder)
+        device = resolve_device(args.device)
         synth = Synthesizer(
             load_synthesis(checkpoint).model,
             load_text_encoder(text_encoder, heads=args.text_heads).model,
-            device=args.device,
+            device=device,
+            **preset(speed_name).synthesizer_options(device.type),
         )
         patch_ijk = patch_size(args.patch_size, checkpoint)
         batches = batch_size(args.batch_size, patch_ijk)
-    except (UsageError, ValueError) as exc:
+    except (UsageError, ValueError, RuntimeError) as exc:  # RuntimeError: no CUDA device
         LOGGER.error("%s", exc)
         return errors.EX_USAGE
     except CheckpointError as exc:
@@ -115,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             args.dataset,
         )
         return errors.EX_NOINPUT
-    settings = Patching(patch_size=tuple(patch_ijk), batch_size=batches)
+    settings = Patching(patch_size=tuple(patch_ijk), batch_size=batches, speed=speed_name)
     labels = args.participant_label
     save = args.out_dir / "images" if args.save_images else None
     try:
@@ -140,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         },
         "patch_size": list(patch_ijk),
         "batch_size": batches,
+        "speed": speed_name,
+        "precision": synth.precision,
         "summary": summary.to_dict(orient="records"),
         "psnr_margin_over_better_baseline_db": margin,
     }

@@ -36,11 +36,14 @@ from .parsing import (
     UsageError,
     add_batch_size_argument,
     add_patch_size_argument,
+    add_speed_arguments,
     add_weight_arguments,
     batch_size,
     check_batch_size,
     one_or_three,
     patch_size,
+    precision,
+    speed,
     weights_or_demo,
 )
 
@@ -115,11 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_weight_arguments(s)
     s.add_argument("--text-heads", type=int, default=None)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    s.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="default: bf16 with --speed fast on CUDA, else fp32",
+    )
     add_patch_size_argument(s)
     s.add_argument("--overlap", type=float, default=0.5)
     add_batch_size_argument(s)
-    s.add_argument("--reference", action="store_true", help="the authors' loop, exactly")
+    add_speed_arguments(s)
     s.add_argument("--dry-run", action="store_true", help="print the plan; load no model")
 
     q = p.add_argument_group("preprocessing (docs/preprocessing.md)")
@@ -288,6 +296,7 @@ def _inference(args: argparse.Namespace, plugin: str = "Linear") -> InferenceCon
     try:
         patch = patch_size(args.patch_size, checkpoint)
         batch = batch_size(args.batch_size, patch)
+        preset = speed(args.speed, args.reference)
     except UsageError as exc:
         raise CLIError(errors.EX_USAGE, str(exc)) from None
     except CheckpointError as exc:  # reading the recorded patch size of a broken file
@@ -297,19 +306,23 @@ def _inference(args: argparse.Namespace, plugin: str = "Linear") -> InferenceCon
     if min(patch) < 1:
         raise CLIError(errors.EX_USAGE, f"--patch-size must be positive, got {patch}")
     device_type = None if args.dry_run else _device_type(args.device, plugin)
-    if args.precision == "bf16" and device_type == "cpu":
-        raise CLIError(errors.EX_USAGE, "--precision bf16 needs a CUDA device; use fp32")
+    try:
+        # a dry run resolves no device: take an explicit --device as asked
+        asked = device_type or (None if args.device == "auto" else args.device)
+        resolved_precision = precision(preset, asked, args.precision)
+    except UsageError as exc:
+        raise CLIError(errors.EX_USAGE, f"--precision: {exc}") from None
     return InferenceConfig(
         checkpoint=str(checkpoint),
         text_encoder=str(text_encoder),
         text_heads=args.text_heads,
         device=args.device,
         device_type=device_type,
-        precision=args.precision,
+        precision=resolved_precision,
         patch_size=tuple(int(n) for n in patch),
         overlap=args.overlap,
         batch_size=batch,
-        reference=args.reference,
+        speed=preset,
         num_threads=args.omp_nthreads,
     )
 
@@ -414,6 +427,7 @@ def check_values(args: argparse.Namespace) -> None:
         if args.patch_size:
             one_or_three(args.patch_size, "--patch-size", 0)
         check_batch_size(args.batch_size)
+        speed(args.speed, args.reference)
     except UsageError as exc:
         raise CLIError(errors.EX_USAGE, str(exc)) from None
     if not 0 <= args.overlap < 1:

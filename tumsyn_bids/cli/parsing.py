@@ -119,6 +119,48 @@ def batch_size(value: int | None, patch_ijk: Sequence[int]) -> int:
     return default_batch_size(patch_ijk) if value is None else int(value)
 
 
+def add_speed_arguments(parser) -> None:
+    """``--speed`` (and ``--reference``, its old spelling) with the same meaning everywhere."""
+    from ..model.speed import DEFAULT_SPEED, SPEEDS
+
+    parser.add_argument(
+        "--speed",
+        choices=SPEEDS,
+        default=None,
+        help="reference: the authors' loop exactly; default: every speed-up that leaves the "
+        "result unchanged (to 1e-4); fast: also skip patches with little brain and, on CUDA, "
+        f"bf16 (measured >= 40 dB PSNR against default; docs/speed.md). Default: {DEFAULT_SPEED}",
+    )
+    parser.add_argument(
+        "--reference", action="store_true", help="the same as --speed reference (older spelling)"
+    )
+
+
+def speed(value: str | None, reference: bool = False) -> str:
+    """The ``--speed`` preset asked for: ``--reference`` means ``reference``; neither, the
+    default. Raises :class:`UsageError` for ``--reference`` with another ``--speed``."""
+    from ..model.speed import DEFAULT_SPEED
+
+    if reference and value not in (None, "reference"):
+        raise UsageError(
+            f"--reference means --speed reference; it cannot be combined with --speed {value}"
+        )
+    return "reference" if reference else (value or DEFAULT_SPEED)
+
+
+def precision(speed_name: str, device_type: str | None, requested: str | None) -> str:
+    """``--precision`` as given, else the preset's for the device (bf16 for fast on CUDA).
+
+    Raises :class:`UsageError` for bf16 on the CPU or with ``--speed reference``.
+    """
+    from ..model.speed import preset
+
+    try:
+        return preset(speed_name).precision(device_type, requested)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def weights_or_demo(checkpoint: str | None, text_encoder: str | None) -> tuple[Path, Path]:
     """The two weight files to use: both given, or neither (then the bundled demo model)."""
     if not checkpoint and not text_encoder:

@@ -20,10 +20,12 @@ from .parsing import (
     UsageError,
     add_batch_size_argument,
     add_patch_size_argument,
+    add_speed_arguments,
     add_weight_arguments,
     batch_size,
     one_or_three,
     patch_size,
+    speed,
     weights_or_demo,
 )
 
@@ -71,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=0.5, help="patch overlap ratio in [0, 1)")
     add_batch_size_argument(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="default: bf16 with --speed fast on CUDA, else fp32",
+    )
     p.add_argument(
         "--text-heads",
         type=int,
@@ -79,11 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="attention heads of the text tower when the checkpoint does not record it "
         "(default 8, the published value)",
     )
-    p.add_argument(
-        "--reference",
-        action="store_true",
-        help="reproduce the authors' inference loop exactly (patch placement and averaging)",
-    )
+    add_speed_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or info messages")
     p.add_argument("--version", action="version", version=f"tumsyn-synth {__version__}")
     return p
@@ -108,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         load_text_encoder,
     )
     from ..model.grid import GridError
+    from ..model.inference import resolve_device
+    from ..model.speed import preset as speed_preset
     from ..model.volume import load_volume, synthesize_nifti
 
     out = Path(args.output)
@@ -133,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             if min(scale) <= 0:
                 raise UsageError("--scale must be positive")
         batch = batch_size(args.batch_size, patch_ijk)
+        speed_name = speed(args.speed, args.reference)
         if not 0 <= args.overlap < 1:
             raise UsageError(f"--overlap must be in [0, 1), got {args.overlap}")
     except FileNotFoundError as exc:
@@ -143,10 +149,18 @@ def run(args: argparse.Namespace) -> int:
     except (UsageError, ValueError) as exc:
         return _fail(EX_USAGE, str(exc))
 
+    preset = speed_preset(speed_name)
+    try:
+        device = resolve_device(args.device)
+        options = preset.synthesizer_options(device.type, args.precision)
+    except ValueError as exc:  # bf16 on the CPU or with --speed reference
+        return _fail(EX_USAGE, f"--precision: {exc}")
+    except RuntimeError as exc:  # --device cuda without CUDA
+        return _fail(EX_USAGE, str(exc))
     try:
         network = load_synthesis(checkpoint).model
         text_encoder = load_text_encoder(text_encoder_path, heads=args.text_heads).model
-        synth = Synthesizer(network, text_encoder, device=args.device, precision=args.precision)
+        synth = Synthesizer(network, text_encoder, device=device, **options)
         img, grid = synthesize_nifti(
             synth,
             volume,
@@ -156,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
             scale=scale,
             overlap=args.overlap,
             batch_size=batch,
-            reference=args.reference,
             progress=not args.quiet,
+            **preset.engine_options(),
         )
     except CheckpointError as exc:
         code = EX_NOINPUT if "not found" in str(exc) else EX_DATAERR
@@ -171,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as exc:
         return _fail(EX_SOFTWARE, str(exc))
 
-    if args.reference and grid.query_size is not None and args.voxel_size:
+    if preset.reference and grid.query_size is not None and args.voxel_size:
         if any(abs(a - b) > 1e-6 for a, b in zip(grid.voxel_size, args.voxel_size, strict=True)):
             LOGGER.info(
                 "--reference: voxel size %s rounded to %s (whole query samples per %s-voxel "

@@ -30,6 +30,7 @@ import pandas as pd
 from ..bids.layout import index_anatomical
 from ..bids.records import ScanRecord
 from ..model.inference import InputImageError, Synthesizer, percentile_normalise
+from ..model.speed import preset
 from ..model.volume import synthesize_nifti
 from ..prompts.protocol import Protocol
 from ..prompts.template import target_prompt
@@ -78,11 +79,15 @@ def _sessions(records: Iterable[ScanRecord]) -> dict[tuple[str, str | None], dic
 
 @dataclass(frozen=True)
 class Patching:
-    """How the evaluation cuts volumes: patch size in (i, j, k) voxels, overlap, batch."""
+    """How the evaluation cuts volumes: patch size in (i, j, k) voxels, overlap, batch, and
+    the ``--speed`` preset (:mod:`tumsyn_bids.model.speed`; the synthesizer must have been
+    built with its :meth:`~tumsyn_bids.model.speed.SpeedPreset.synthesizer_options`). No mask
+    is given: the scores' SSIM window reads voxels just outside the brain."""
 
     patch_size: tuple[int, int, int] = (60, 60, 60)
     overlap: float = 0.5
     batch_size: int = 1
+    speed: str = "default"
 
 
 def _synthesize(
@@ -96,6 +101,7 @@ def _synthesize(
         patch_size=patching.patch_size,
         overlap=patching.overlap,
         batch_size=patching.batch_size,
+        **preset(patching.speed).engine_options(),
     )
     return np.asarray(img.dataobj, dtype=np.float64)
 

@@ -19,7 +19,12 @@ _LOCK = threading.Lock()
 
 
 def get_synthesizer(
-    checkpoint: str, text_encoder: str, text_heads: int | None, device: str, precision: str
+    checkpoint: str,
+    text_encoder: str,
+    text_heads: int | None,
+    device: str,
+    precision: str,
+    fused: bool = False,
 ):
     """Load the models once per process and reuse them for every node that process runs.
 
@@ -36,12 +41,13 @@ def get_synthesizer(
         text_heads,
         device,
         precision,
+        fused,
     )
     with _LOCK:
         if key not in _CACHE:
             net = load_synthesis(checkpoint).model
             text = load_text_encoder(text_encoder, heads=text_heads).model
-            _CACHE[key] = Synthesizer(net, text, device=device, precision=precision)
+            _CACHE[key] = Synthesizer(net, text, device=device, precision=precision, fused=fused)
         return _CACHE[key]
 
 
@@ -70,7 +76,18 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     batch_size = traits.Int(1, usedefault=True)
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True)
     precision = traits.Enum("fp32", "bf16", usedefault=True)
-    reference = traits.Bool(False, usedefault=True, desc="reproduce the authors' loop exactly")
+    speed = traits.Enum(
+        "default",
+        "reference",
+        "fast",
+        usedefault=True,
+        desc="--speed preset (tumsyn_bids.model.speed); reference: the authors' loop exactly",
+    )
+    masked_output = traits.Bool(
+        False,
+        usedefault=True,
+        desc="the output is set to 0 outside mask_file afterwards: decode only next to the mask",
+    )
     use_gpu = traits.Bool(False, usedefault=True, desc="schedule on MultiProc's GPU slots")
     num_threads = traits.Int(desc="torch CPU threads for this node")
 
@@ -94,16 +111,23 @@ class Synthesize(SimpleInterface):
         import nibabel as nib
         import numpy as np
 
+        from ..model.speed import preset
         from ..model.volume import synthesize_nifti
 
         inputs = self.inputs
+        speed = preset(inputs.speed)
         if isdefined(inputs.num_threads):
             import torch
 
             torch.set_num_threads(inputs.num_threads)
         heads = inputs.text_heads if isdefined(inputs.text_heads) else None
         synth = get_synthesizer(
-            inputs.checkpoint, inputs.text_encoder, heads, inputs.device, inputs.precision
+            inputs.checkpoint,
+            inputs.text_encoder,
+            heads,
+            inputs.device,
+            inputs.precision,
+            fused=speed.fused,
         )
         mask = None
         if isdefined(inputs.mask_file):
@@ -116,8 +140,8 @@ class Synthesize(SimpleInterface):
             voxel_size=tuple(inputs.voxel_size) if isdefined(inputs.voxel_size) else None,
             overlap=inputs.overlap,
             batch_size=inputs.batch_size,
-            reference=inputs.reference,
             mask=mask,
+            **speed.engine_options(masked_output=inputs.masked_output),
         )
         out = os.path.join(runtime.cwd, "synthesized_raw.nii.gz")
         nib.save(img, out)

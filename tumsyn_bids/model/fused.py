@@ -38,6 +38,7 @@ features (B, C, D, H, W), coordinates (B, K, 3) in array-axis order, normalised 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from itertools import product
 from typing import NamedTuple
@@ -88,6 +89,16 @@ def fold_batch_norm(conv: nn.Conv3d, bn: nn.BatchNorm3d | None, scale: float = 1
         fused.weight.copy_(weight * scale)
         fused.bias.copy_(bias * scale)
     return fused
+
+
+def _autocast_dtype(device: str) -> torch.dtype | None:
+    """The autocast dtype on ``device`` (a device type) if autocast is on there, else None
+    (also for device types without autocast, such as ``meta``)."""
+    try:
+        enabled = torch.is_autocast_enabled(device)
+    except RuntimeError:  # no autocast for this device type
+        return None
+    return torch.get_autocast_dtype(device) if enabled else None
 
 
 def _onednn(x: torch.Tensor) -> bool:
@@ -162,6 +173,9 @@ class FastFusionBlock(nn.Module):
     #: one thread). On a GPU the slabs only bound memory: :attr:`GPU_SLAB_ROWS` voxels each.
     SLAB_ROWS = 2048
     GPU_SLAB_ROWS = 1 << 16
+    #: Key/value values formed at once in :meth:`gate` (2^25: 128 MB in float32); a larger
+    #: matrix is streamed in row slabs of this size.
+    KV_BUDGET = 1 << 25
 
     def __init__(self, block: FusionBlock) -> None:
         super().__init__()
@@ -190,10 +204,18 @@ class FastFusionBlock(nn.Module):
         self.dwconv = copy.deepcopy(mlp.dwconv)
 
     def gate(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """The channel gate (B, C) of the cross-attention: x (B, N, C) voxel-major, text (B, C)."""
+        """The channel gate (B, C) of the cross-attention: x (B, N, C) voxel-major, text (B, C).
+
+        The key/value matrix (2C x N per patch: 1.3 GB for the published model on a 60^3 patch)
+        is formed whole when it holds at most :attr:`KV_BUDGET` values, else streamed
+        (:meth:`_streamed_gate`).
+        """
         b, n, c = x.shape
         h = self.heads
         q = F.normalize(F.linear(text, self.q_weight, self.q_bias).view(b, h, c // h), dim=-1)
+        if 2 * c * n > self.KV_BUDGET:
+            out = self._streamed_gate(x, q)
+            return F.linear(out.reshape(b, c), self.proj_weight, self.proj_bias)
         # kv in the authors' channel-major order: (B, 2C, N) = W_kv @ x^T + b
         kv = torch.baddbmm(
             self.kv_bias.view(1, -1, 1), self.kv_weight.expand(b, -1, -1), x.transpose(1, 2)
@@ -205,6 +227,48 @@ class FastFusionBlock(nn.Module):
         attn = logits.softmax(dim=-1)
         out = torch.einsum("bhn,bnhd->bhd", attn, v).reshape(b, c)
         return F.linear(out, self.proj_weight, self.proj_bias)
+
+    def _streamed_gate(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """The attention output (B, heads, head_dim) with the key/value matrix in row slabs.
+
+        Rows ``r0 .. r1`` of the channel-major (2C, N) key/value matrix are the flat values
+        ``r0 N .. r1 N``, i.e. the authors' tokens (2C consecutive values each) of that range;
+        a token cut by a slab boundary is completed with the next slab. The softmax over tokens
+        is accumulated online (running maximum, rescaled sum and weighted values; Milakov and
+        Gimelshein 2018, "Online normalizer calculation for softmax"), which is exact in real
+        arithmetic. Memory: one slab of at most :attr:`KV_BUDGET` values.
+        """
+        b, n, c = x.shape
+        h, d, width = self.heads, c // self.heads, 2 * c
+        rows = max(1, self.KV_BUDGET // n)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        out = x.new_empty((b, h, d), dtype=dtype)
+        for bi in range(b):
+            xt = x[bi].t()  # (C, N)
+            carry = x.new_empty(0)
+            top = torch.full((h,), -torch.inf, dtype=dtype, device=x.device)
+            total = torch.zeros(h, dtype=dtype, device=x.device)
+            acc = torch.zeros(h, d, dtype=dtype, device=x.device)
+            for r0 in range(0, width, rows):
+                r1 = min(r0 + rows, width)
+                part = torch.addmm(self.kv_bias[r0:r1, None], self.kv_weight[r0:r1], xt)
+                flat = torch.cat([carry, part.view(-1)]) if carry.numel() else part.view(-1)
+                tokens = flat.numel() // width
+                carry = flat[tokens * width :]
+                if tokens == 0:
+                    continue
+                kv = flat[: tokens * width].view(tokens, 2, h, d)
+                k, v = kv[:, 0], kv[:, 1]
+                logits = torch.einsum("hd,nhd->hn", q[bi], k).to(dtype)
+                logits.div_(torch.linalg.vector_norm(k, dim=-1).clamp_min_(1e-12).t())
+                new_top = torch.maximum(top, logits.amax(dim=-1))
+                rescale = torch.exp(top - new_top)
+                weights = torch.exp(logits - new_top[:, None])
+                total = total * rescale + weights.sum(dim=-1)
+                acc = acc * rescale[:, None] + torch.einsum("hn,nhd->hd", weights, v.to(dtype))
+                top = new_top
+            out[bi] = acc / total[:, None]
+        return out.to(x.dtype)
 
     def feed_forward(self, xn: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
         """``xn + project_out(gelu(x1) * x2)``, ``x1, x2 = dwconv(project_in(xn))``, slab-wise.
@@ -218,9 +282,10 @@ class FastFusionBlock(nn.Module):
         outside the volume, which is the convolution's zero padding.
         """
         device = xn.device.type
-        if torch.is_autocast_enabled(device):  # run in the autocast dtype, explicitly
+        dtype = _autocast_dtype(device)
+        if dtype is not None:  # run in the autocast dtype, explicitly
             with torch.autocast(device, enabled=False):
-                return self._feed_forward(xn, size, torch.get_autocast_dtype(device))
+                return self._feed_forward(xn, size, dtype)
         return self._feed_forward(xn, size, xn.dtype)
 
     def _feed_forward(
@@ -406,9 +471,9 @@ class FastDecoder(nn.Module):
             order = "factorised" if self.factorised_pays(k, n) else "plain"
         device = features.device.type
         dtype = features.dtype
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
-        with torch.autocast(device, enabled=False):
+        autocast = _autocast_dtype(device)
+        dtype = autocast or dtype
+        with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
             # voxel-major (B, N, C): a view if the features are channels-last
             fv = features.permute(0, 2, 3, 4, 1).reshape(b, n, c).to(dtype)
             weights = _DecoderWeights(

@@ -64,10 +64,20 @@ class PatchSettings:
     #: Query points per decoder call (times the batch); bounds peak memory whatever the volume.
     decoder_chunk: int = 1 << 16
     reference: bool = False
+    #: With a mask (default mode): also skip patches whose mask voxels are fewer than this
+    #: fraction of the patch, as long as every mask voxel stays covered by a computed patch
+    #: (``--speed fast``); 0 skips only patches without any mask voxel.
+    min_foreground: float = 0.0
+    #: With a mask (default mode): False decodes only output voxels next to the mask (those
+    #: with a mask voxel among the input voxels around their centre), the others are 0; for
+    #: callers that mask the output anyway.
+    decode_outside_mask: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 <= self.min_foreground < 1.0:
+            raise ValueError(f"min_foreground must be in [0, 1), got {self.min_foreground}")
         if self.query_size is None:
             object.__setattr__(self, "query_size", tuple(self.patch_size))
         if min(self.patch_size) < 1 or min(self.query_size) < 1:
@@ -303,9 +313,10 @@ class Synthesizer:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     @contextmanager
-    def _exact_float32(self, reference: bool):
-        """In reference mode on CUDA, forbid TF32 so results stay at float32 accuracy."""
-        if not (reference and self.device.type == "cuda"):
+    def _exact_float32(self, exact: bool):
+        """With ``exact`` on CUDA, forbid TF32 so results stay at float32 accuracy (PyTorch
+        lets cuDNN convolutions use TF32 by default: a 10-bit mantissa)."""
+        if not (exact and self.device.type == "cuda"):
             yield
             return
         saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -329,9 +340,13 @@ class Synthesizer:
 
         ``sampling`` (default mode only) is the output grid; default: the authors' grid for
         ``settings.query_size`` (the input grid when it equals the patch size). ``mask``, a
-        (z, y, x) boolean array of the volume's shape, restricts the work to the foreground:
-        patches holding no mask voxel are never encoded, and output voxels no computed patch
-        covers are 0. :attr:`last_stats` then says how many patches were computed and skipped.
+        (z, y, x) boolean array of the volume's shape, restricts the work of the default mode
+        to the foreground (:func:`select_patches`): patches holding no mask voxel (or, with
+        ``settings.min_foreground``, too few) are never encoded, and with
+        ``settings.decode_outside_mask=False`` only output voxels next to the mask
+        (:func:`mask_on_grid`) are decoded; output voxels left out are 0.
+        :attr:`last_stats` says how many patches were computed and skipped and how many points
+        were decoded. Reference mode computes every patch (the authors' loop) whatever the mask.
 
         Raises :class:`InputImageError` for a volume that is not 3-D, has non-finite voxels or
         no intensity range, and ``ValueError`` for a mask of another shape.
@@ -346,6 +361,8 @@ class Synthesizer:
             )
         if mask is not None and np.shape(mask) != vol.shape:
             raise ValueError(f"mask shape {np.shape(mask)} differs from the volume's {vol.shape}")
+        if settings.reference:
+            mask = None  # the authors' loop: every patch
         norm = percentile_normalise(vol)
         shape = norm.shape
         if settings.reference:
@@ -378,38 +395,61 @@ class Synthesizer:
         mask: np.ndarray | None,
     ) -> np.ndarray:
         jobs = plan_patches(norm.shape, settings, sampling)
-        out_shape = (sampling or Sampling.authors(norm.shape, settings)).shape
-        cz, cy, cx = settings.patch_size
+        grid_out = sampling or Sampling.authors(norm.shape, settings)
+        out_shape = grid_out.shape
         todo = [j for j in jobs if min(j.out_shape) > 0]
+        near = None
         if mask is not None:
             fg = np.asarray(mask, dtype=bool)
-            todo = [j for j in todo if fg[j.start[0] : j.start[0] + cz,
-                                          j.start[1] : j.start[1] + cy,
-                                          j.start[2] : j.start[2] + cx].any()]  # fmt: skip
-        self.last_stats = PatchStats(len(jobs), len(todo), len(jobs) - len(todo))
+            todo = select_patches(todo, fg, settings.patch_size, settings.min_foreground)
+            if not settings.decode_outside_mask:
+                near = mask_on_grid(fg, grid_out)
+                todo = [j for j in todo if near[_out_box(j)].any()]
         total = np.zeros(out_shape, dtype=np.float64)
         count = np.zeros(out_shape, dtype=np.float64)
         source = torch.from_numpy(np.ascontiguousarray(norm))
         network = self.network
         if self.fused_network is not None and not settings.reference:
             network = self.fused_network
+        cz, cy, cx = settings.patch_size
+        decoded = 0
         bar = tqdm(total=len(todo), desc="synthesis", unit="patch", disable=not progress)
-        with self._autocast(settings.reference), self._exact_float32(settings.reference):
+        # float32 runs (reference, and default/fast without bf16) stay exact: no TF32
+        exact = settings.reference or self.precision == "fp32"
+        with self._autocast(settings.reference), self._exact_float32(exact):
             for batch in _batches(todo, settings.batch_size):
                 crops = [source[z : z + cz, y : y + cy, x : x + cx] for z, y, x in _starts(batch)]
                 patches = torch.stack(crops)[:, None].to(self.device)
                 patches = patches.contiguous(memory_format=self.memory_format)
                 feats = network.features(patches, text.expand(len(batch), -1))
-                pad_to = tuple(max(j.out_shape[a] for j in batch) for a in range(3))
-                grid = torch.stack([_grid(j.coords, pad_to) for j in batch]).to(self.device)
+                keep = None if near is None else [near[_out_box(j)] for j in batch]
+                if keep is None or all(k.all() for k in keep):
+                    pad_to = tuple(max(j.out_shape[a] for j in batch) for a in range(3))
+                    grid = torch.stack([_grid(j.coords, pad_to) for j in batch]).to(self.device)
+                    preds = network.decode_chunked(feats, grid, settings.decoder_chunk)
+                    preds = preds.float().cpu().numpy().reshape(len(batch), *pad_to)
+                    for job, pred in zip(batch, preds, strict=True):
+                        box, (nz, ny, nx) = _out_box(job), job.out_shape
+                        total[box] += pred[:nz, :ny, :nx]
+                        count[box] += 1
+                        decoded += nz * ny * nx
+                    bar.update(len(batch))
+                    continue
+                # only the output voxels next to the mask: a list of points per patch
+                points = [_grid(j.coords, j.out_shape)[torch.from_numpy(k.ravel())] for j, k in
+                          zip(batch, keep, strict=True)]  # fmt: skip
+                most = max(len(p) for p in points)
+                grid = torch.stack([_pad_rows(p, most) for p in points]).to(self.device)
                 preds = network.decode_chunked(feats, grid, settings.decoder_chunk)
-                preds = preds.float().cpu().numpy().reshape(len(batch), *pad_to)
-                for job, pred in zip(batch, preds, strict=True):
-                    (oz, oy, ox), (nz, ny, nx) = job.out_start, job.out_shape
-                    total[oz : oz + nz, oy : oy + ny, ox : ox + nx] += pred[:nz, :ny, :nx]
-                    count[oz : oz + nz, oy : oy + ny, ox : ox + nx] += 1
+                preds = preds.float().cpu().numpy()
+                for job, sel, pts, pred in zip(batch, keep, points, preds, strict=True):
+                    box = _out_box(job)
+                    total[box][sel] += pred[: len(pts)]
+                    count[box][sel] += 1
+                    decoded += len(pts)
                 bar.update(len(batch))
         bar.close()
+        self.last_stats = PatchStats(len(jobs), len(todo), len(jobs) - len(todo), decoded)
         uncovered = count == 0
         if mask is not None:
             count[uncovered] = 1  # background: no patch computed, value 0
@@ -421,13 +461,82 @@ class Synthesizer:
             return total / count
 
 
+def _out_box(job: PatchJob) -> tuple[slice, slice, slice]:
+    """The output voxels a patch fills, as slices of the output array."""
+    return tuple(slice(o, o + n) for o, n in zip(job.out_start, job.out_shape, strict=True))
+
+
+def _pad_rows(points: torch.Tensor, rows: int) -> torch.Tensor:
+    """(K, 3) points padded to ``rows`` rows by repeating the last one (decoded, then dropped)."""
+    if len(points) == rows:
+        return points
+    return torch.cat([points, points[-1:].expand(rows - len(points), -1)])
+
+
+def select_patches(
+    jobs: Sequence[PatchJob],
+    mask: np.ndarray,
+    patch_size: Sequence[int],
+    min_foreground: float = 0.0,
+) -> list[PatchJob]:
+    """The patches worth computing for a (z, y, x) boolean ``mask`` of the (padded) volume.
+
+    A patch without any mask voxel is dropped: no mask voxel depends on it (every voxel of a
+    patch is covered by it, so each mask voxel keeps all the patches that hold it, and the
+    result inside the mask is unchanged). With ``min_foreground`` > 0 (``--speed fast``),
+    patches holding fewer mask voxels than that fraction of the patch are dropped too, fewest
+    first, as long as every mask voxel in them stays covered by at least one kept patch: this
+    changes the average at those voxels (fewer patches), by the amount measured in
+    ``docs/speed.md``. Keeps the order of ``jobs``.
+    """
+    cz, cy, cx = patch_size
+    boxes = [(slice(z, z + cz), slice(y, y + cy), slice(x, x + cx)) for z, y, x in _starts(jobs)]
+    counts = [int(np.count_nonzero(mask[b])) for b in boxes]
+    keep = [c > 0 for c in counts]
+    limit = min_foreground * cz * cy * cx
+    candidates = sorted((c, i) for i, c in enumerate(counts) if 0 < c < limit)
+    if candidates:
+        cover = np.zeros(mask.shape, dtype=np.int32)  # kept patches over each voxel
+        for b, k in zip(boxes, keep, strict=True):
+            if k:
+                cover[b] += 1
+        for _, i in candidates:
+            b = boxes[i]
+            if cover[b][mask[b]].min() >= 2:  # every mask voxel keeps another patch
+                cover[b] -= 1
+                keep[i] = False
+    return [j for j, k in zip(jobs, keep, strict=True) if k]
+
+
+def mask_on_grid(mask: np.ndarray, sampling: Sampling) -> np.ndarray:
+    """Output voxels of ``sampling`` next to a (z, y, x) boolean input ``mask``: shape
+    ``sampling.shape``, True where a mask voxel is among the input voxels around the output
+    voxel's centre (the floor and the ceiling of its input position on each axis, clipped to the
+    volume; on the input grid itself, the mask). Any resampling of the mask to the output grid
+    by nearest neighbour or by trilinear weights is therefore inside it.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    lows, highs = [], []
+    for n, m, o, s in zip(mask.shape, sampling.shape, sampling.origin, sampling.step, strict=True):
+        pos = o + np.arange(m) * s
+        lows.append(np.clip(np.floor(pos), 0, n - 1).astype(np.intp))
+        highs.append(np.clip(np.ceil(pos), 0, n - 1).astype(np.intp))
+    near = np.zeros(sampling.shape, dtype=bool)
+    for pick in product((0, 1), repeat=3):
+        index = [(lows, highs)[p][a] for a, p in enumerate(pick)]
+        near |= mask[np.ix_(*index)]
+    return near
+
+
 @dataclass(frozen=True)
 class PatchStats:
-    """Patches of the last :meth:`Synthesizer.synthesize` call: planned, computed, skipped."""
+    """Patches of the last :meth:`Synthesizer.synthesize` call: planned, computed, skipped, and
+    the number of output points decoded (padding excluded)."""
 
     planned: int
     computed: int
     skipped: int
+    decoded: int = 0
 
 
 def _starts(batch: list[PatchJob]) -> Iterator[Triple]:

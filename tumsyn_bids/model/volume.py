@@ -116,6 +116,8 @@ def patch_settings(
     batch_size: int = 1,
     reference: bool = False,
     decoder_chunk: int | None = None,
+    min_foreground: float = 0.0,
+    decode_outside_mask: bool = True,
 ) -> PatchSettings:
     """The engine's (z, y, x) :class:`PatchSettings` for an (i, j, k) patch size and grid."""
     patch = tuple(int(p) for p in patch_size)
@@ -126,6 +128,8 @@ def patch_settings(
         overlap=overlap,
         batch_size=batch_size,
         reference=reference,
+        min_foreground=min_foreground,
+        decode_outside_mask=decode_outside_mask,
         **extra,
     )
 
@@ -143,13 +147,18 @@ def synthesize_nifti(
     reference: bool = False,
     mask: np.ndarray | None = None,
     progress: bool = False,
+    min_foreground: float = 0.0,
+    decode_outside_mask: bool = True,
 ) -> tuple[nib.Nifti1Image, OutputGrid]:
     """Synthesize ``source`` under ``prompt``: the NIfTI-in/NIfTI-out edge of the model.
 
     Everything is in nibabel's (i, j, k) order: ``patch_size`` (voxels), ``voxel_size`` (mm) or
     ``scale`` (output samples per input voxel; give at most one, neither keeps the source grid)
     and ``mask`` (a boolean (i, j, k) array on the source grid: foreground-only patches, 0
-    outside). Returns the float32 image and its :class:`OutputGrid`
+    where no computed patch reaches; ignored with ``reference``). ``min_foreground`` and
+    ``decode_outside_mask`` are the :class:`PatchSettings` fields of the same names (the
+    ``--speed`` presets set them: :meth:`tumsyn_bids.model.speed.SpeedPreset.engine_options`).
+    Returns the float32 image and its :class:`OutputGrid`
     (:func:`tumsyn_bids.model.grid.output_grid`); ``synthesizer.last_stats`` counts the patches.
 
     Raises :class:`InputImageError` for an unusable image and
@@ -165,7 +174,13 @@ def synthesize_nifti(
         reference=reference,
     )
     settings = patch_settings(
-        patch_size, grid, overlap=overlap, batch_size=batch_size, reference=reference
+        patch_size,
+        grid,
+        overlap=overlap,
+        batch_size=batch_size,
+        reference=reference,
+        min_foreground=min_foreground,
+        decode_outside_mask=decode_outside_mask,
     )
     model_mask = None if mask is None else to_model_order(np.asarray(mask, dtype=bool))
     data = synthesizer.synthesize(

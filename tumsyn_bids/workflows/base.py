@@ -48,7 +48,7 @@ def synthesize_inputs(inference: InferenceConfig) -> dict[str, Any]:
         "batch_size": inference.batch_size,
         "device": inference.device_type or inference.device,
         "precision": inference.precision,
-        "reference": inference.reference,
+        "speed": inference.speed,
         "use_gpu": inference.use_gpu,
     }
     if inference.text_heads:
@@ -85,7 +85,8 @@ def synthesis_desc(
     grid) and selects the sentence stating the output grid rule of
     :mod:`tumsyn_bids.model.grid` (default or reference mode); ``stored`` adds how results are
     stored as derivatives; ``preproc`` (``--preproc full``) says that the network read the
-    preprocessed image, and how its output was masked and put back on the source grid.
+    preprocessed image, and how its output was masked and put back on the source grid; with a brain mask
+    given to synthesis, the ``--speed`` preset's sentences on skipped patches are added.
     """
     full = preproc is not None and preproc.full
     read = (
@@ -113,7 +114,8 @@ def synthesis_desc(
             ", following the authors' reference inference procedure exactly (their patch "
             "placement and output-grid arithmetic)"
         )
-    text += ". "
+    brain_mask = full and preproc.mask_output
+    text += ". " + _speed_desc(inference.speed, brain_mask)
     if output_resolution is None:
         text += "Each output is on the voxel grid of its source image."
     elif inference.reference:
@@ -145,14 +147,8 @@ def synthesis_desc(
 
 
 def _masking_desc(inference: InferenceConfig, preproc: PreprocConfig, resampled: bool) -> str:
-    """The sentences of :func:`synthesis_desc` on foreground patches, masking, reorientation."""
-    skip = preproc.mask_output and not inference.reference
+    """The sentences of :func:`synthesis_desc` on masking and reorientation."""
     parts = []
-    if skip:
-        parts.append(
-            "Patches containing no voxel of the brain mask were not computed (this leaves every "
-            "voxel inside the mask unchanged)."
-        )
     if preproc.mask_output:
         where = (
             "the brain mask, sampled onto the output grid by nearest neighbour"
@@ -165,6 +161,32 @@ def _masking_desc(inference: InferenceConfig, preproc: PreprocConfig, resampled:
         "permutation, without interpolation."
     )
     return " ".join(parts)
+
+
+def _speed_desc(speed: str | None, brain_mask: bool) -> str:
+    """The sentences of the methods paragraph that the ``--speed`` preset adds."""
+    if speed == "reference":
+        return ""
+    text = (
+        "The network was run as an inference-only copy with its batch normalization layers "
+        "folded into the preceding convolutions, which computes the same function up to "
+        "floating-point rounding. "
+    )
+    if not brain_mask:
+        return text
+    text += "Patches without any brain-mask voxel, which do not contribute inside the brain, "
+    if speed == "fast":
+        from ..model.speed import FAST_MIN_FOREGROUND
+
+        text += (
+            f"and patches with fewer than {FAST_MIN_FOREGROUND:.0%} brain-mask voxels whose "
+            "brain voxels were all covered by other patches were not computed (a speed "
+            "setting that changes the result slightly: brain voxels near the brain edge are "
+            "averaged over fewer patches). "
+        )
+    else:
+        text += "were not computed. "
+    return text
 
 
 def run_desc(request: SynthesisRequest | None = None, version: str = __version__) -> str:
@@ -290,9 +312,9 @@ def init_job_wf(
 
     ``synthesize`` (:class:`~tumsyn_bids.interfaces.synthesis.Synthesize`) reads
     ``inputnode.in_file`` (the anat workflow's ``brain_file``: conformed and brain-extracted)
-    with ``inputnode.mask_file`` as its foreground, except in reference mode (``--reference``
-    keeps the authors' averaging bit for bit) and with ``--no-mask-output`` (the raw output is
-    computed everywhere). ``model_voxel_size`` is the requested voxel size along the conformed
+    with ``inputnode.mask_file`` as its foreground (which patches that lets it skip is the
+    ``--speed`` preset's: none with ``reference``, which keeps the authors' averaging bit for
+    bit); with ``--no-mask-output`` the raw output is computed everywhere. ``model_voxel_size`` is the requested voxel size along the conformed
     axes and ``patch_size`` the patch edges along them (i.e. reordered from the source's
     (i, j, k); default: the configuration's). ``mask_output`` (:class:`~tumsyn_bids.interfaces.
     preproc.ApplyMask`) zeroes the output outside the brain mask (nearest neighbour on another
@@ -349,8 +371,10 @@ def init_job_wf(
             (to_source, post, [("out_file", "in_file")]),
         ])  # fmt: skip
         if preproc.mask_output:
-            if not inference.reference:
-                wf.connect(inputnode, "mask_file", synth, "mask_file")
+            # the --speed preset decides which patches the mask lets the engine skip (none in
+            # reference mode) and that only voxels next to the mask need decoding
+            synth.inputs.masked_output = True
+            wf.connect(inputnode, "mask_file", synth, "mask_file")
             mask = pe.Node(
                 ApplyMask(
                     resample=True,
