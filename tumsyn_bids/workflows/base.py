@@ -85,8 +85,9 @@ def synthesis_desc(
     grid) and selects the sentence stating the output grid rule of
     :mod:`tumsyn_bids.model.grid` (default or reference mode); ``stored`` adds how results are
     stored as derivatives; ``preproc`` (``--preproc full``) says that the network read the
-    preprocessed image, and how its output was masked and put back on the source grid; with a brain mask
-    given to synthesis, the ``--speed`` preset's sentences on skipped patches are added.
+    preprocessed image, and how its output was masked and put back on the source grid; with a
+    brain mask given to synthesis, the ``--speed`` preset's sentences on skipped patches are
+    added.
     """
     full = preproc is not None and preproc.full
     read = (
@@ -314,9 +315,10 @@ def init_job_wf(
     ``inputnode.in_file`` (the anat workflow's ``brain_file``: conformed and brain-extracted)
     with ``inputnode.mask_file`` as its foreground (which patches that lets it skip is the
     ``--speed`` preset's: none with ``reference``, which keeps the authors' averaging bit for
-    bit); with ``--no-mask-output`` the raw output is computed everywhere. ``model_voxel_size`` is the requested voxel size along the conformed
-    axes and ``patch_size`` the patch edges along them (i.e. reordered from the source's
-    (i, j, k); default: the configuration's). ``mask_output`` (:class:`~tumsyn_bids.interfaces.
+    bit); with ``--no-mask-output`` the raw output is computed everywhere.
+    ``model_voxel_size`` is the requested voxel size along the conformed axes and
+    ``patch_size`` the patch edges along them (i.e. reordered from the source's (i, j, k);
+    default: the configuration's). ``mask_output`` (:class:`~tumsyn_bids.interfaces.
     preproc.ApplyMask`) zeroes the output outside the brain mask (nearest neighbour on another
     output grid); ``to_source`` (:class:`~tumsyn_bids.interfaces.preproc.ToSourceGrid`) puts it
     back in the source's voxel order; ``postprocess`` checks it against ``expected_grid`` (the
