@@ -337,6 +337,7 @@ def execute_plan(plan: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
         config.request,
         preproc=config.preproc,
         omp_nthreads=preproc_threads(config),
+        output_spaces=config.output_spaces,
     )
     if workflow.list_node_names():
         # The methods text of the steps this run takes; a run with nothing left to do keeps
