@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.datasets import tree_digest
+from tests.colin27 import HEAD, requires_colin27
+from tests.datasets import T1_SIDECAR, tree_digest
 from tumsyn_bids.evaluation.metrics import dice
 from tumsyn_bids.simulate import write_simulated_dataset
 
@@ -167,3 +168,48 @@ def test_run_had_no_network(space_run):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert check.returncode != 0  # the namespace the run used really has no network
+
+
+# --------------------------------------------------------------------------------------------
+# The Colin27 head at 1 mm (the one 1 mm case): a real head, its header moved by a rigid
+# transform so that the registration has something to find
+# --------------------------------------------------------------------------------------------
+
+
+@requires_colin27
+def test_colin27_head_registers_to_the_template(tmp_path, templateflow_home):
+    from tests.interfaces.test_registration import rotation
+
+    head = nib.load(HEAD)
+    shift = np.eye(4)
+    shift[:3, 3] = (8.0, -12.0, 15.0)
+    affine = shift @ rotation(0, 10.0) @ rotation(2, -6.0) @ head.affine
+    bids = tmp_path / "bids"
+    anat = bids / "sub-colin27" / "anat"
+    anat.mkdir(parents=True)
+    moved = nib.Nifti1Image(np.asarray(head.dataobj, dtype=np.float32), affine)
+    moved.set_qform(affine, code=1)
+    moved.set_sform(affine, code=1)
+    nib.save(moved, anat / "sub-colin27_T1w.nii.gz")
+    (anat / "sub-colin27_T1w.json").write_text(json.dumps(T1_SIDECAR))
+    (bids / "dataset_description.json").write_text('{"Name": "colin", "BIDSVersion": "1.10.0"}')
+    (bids / "participants.tsv").write_text("participant_id\tage\tsex\nsub-colin27\t33\tM\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "tumsyn_bids.cli.run", str(bids), str(out), "participant",
+           "-w", str(tmp_path / "work"), "--skip-bids-validation", "--target", "T2w",
+           "--overlap", "0", "--nprocs", "2", "--output-spaces", TPL]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=3000)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res1 = template_res1_mask(templateflow_home)
+    for suffix in ("desc-tumsynFromT1w_T2w", "desc-brain_mask"):
+        img = nib.load(out / f"sub-colin27/anat/sub-colin27_space-{TPL}_res-1_{suffix}.nii.gz")
+        assert img.shape == res1.shape and np.allclose(img.affine, res1.affine, atol=1e-5)
+    mask = nib.load(out / f"sub-colin27/anat/sub-colin27_space-{TPL}_res-1_desc-brain_mask.nii.gz")
+    score = dice(np.asarray(mask.dataobj), np.asarray(res1.dataobj))
+    assert score >= 0.90, score
+    record = json.loads(
+        (out / f"sub-colin27/log/sub-colin27_T1w_space-{TPL}_registration.json").read_text()
+    )
+    assert record["Dice"] >= 0.90
+    print(f"Colin27 1 mm: Dice {score:.4f}, antsRegistration {record['CPUTimeSeconds']} CPU-s, "
+          f"{record['WallTimeSeconds']} s wall")  # fmt: skip
