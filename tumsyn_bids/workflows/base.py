@@ -445,6 +445,13 @@ def anat_workflow_name(relpath: str) -> str:
     return f"anat_{re.sub(r'[^A-Za-z0-9]', '_', stem)}_wf"
 
 
+def template_workflow_name(relpath: str, template: str) -> str:
+    """``anat_sub_01_T1w_to_MNI152NLin2009aSym_wf``: the registration of one source image to a
+    template (:func:`~tumsyn_bids.workflows.template.init_template_wf`), next to its anat
+    workflow."""
+    return f"{anat_workflow_name(relpath)[: -len('_wf')]}_to_{_safe(template)}_wf"
+
+
 def job_workflows(plan: pd.DataFrame) -> dict[str, tuple[str, str]]:
     """Output path -> (participant/session workflow name, job workflow name) of every planned
     row: the names :func:`init_tumsyn_wf` gives, so a job's nodes can be found in the work dir
@@ -554,7 +561,7 @@ def init_tumsyn_wf(
                     subject=subject,
                     source_relpath=relpath,
                     reference_relpath=ref,
-                    name=f"{node.name[: -len('_wf')]}_to_{template}_wf",
+                    name=template_workflow_name(relpath, template),
                 )
                 sub_wfs[sub_name].connect([
                     (node, reg, [("outputnode.brain_file", "inputnode.brain_file"),
