@@ -116,9 +116,10 @@ def test_sidecars_transforms_and_validator(space_run):
     assert "2" in side["Resolution"] and "derived" in side["Resolution"]["2"]
     assert side["Sources"] == [f"bids::{NATIVE}", f"bids::{FORWARD}"]
     assert side["Resampling"]["Interpolation"] == "linear"
-    # everything else the source-grid sidecar says
+    # everything else the source-grid sidecar says (whose SpatialReference is the source image)
+    assert native["SpatialReference"] == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
     for key, value in native.items():
-        if key != "Sources":
+        if key not in ("Sources", "SpatialReference"):
             assert side[key] == value, key
     mask_side = _sidecar(out / MASK)
     assert mask_side["Type"] == "Brain" and mask_side["SpatialReference"].endswith(TPL)
