@@ -91,11 +91,16 @@ def test_synth_reference_preset_is_the_old_reference_flag_bit_for_bit(tmp_path):
 
 
 def test_methods_text_names_what_fast_changes():
+    from tumsyn_bids.config import PreprocConfig
     from tumsyn_bids.workflows.base import synthesis_desc
 
     config = InferenceConfig("c", "t", speed="fast")
-    text = synthesis_desc(config, brain_mask=True)
+    masked = PreprocConfig()  # --preproc full, output masked: synthesis is given the brain mask
+    assert masked.full and masked.mask_output
+    text = synthesis_desc(config, preproc=masked)
     assert "fewer than 10% brain-mask voxels" in text and "inference-only copy" in text
-    assert "were not computed" in synthesis_desc(InferenceConfig("c", "t"), brain_mask=True)
+    assert "were not computed" in synthesis_desc(InferenceConfig("c", "t"), preproc=masked)
+    unmasked = PreprocConfig(mask_output=False)
+    assert "brain-mask" not in synthesis_desc(config, preproc=unmasked)
     assert "inference-only" not in synthesis_desc(InferenceConfig("c", "t", reference=True))
     assert "brain-mask" not in synthesis_desc(config)  # without a mask nothing is skipped

@@ -3,7 +3,7 @@
 ``--bids-database-dir DB`` names a folder that holds, once built:
 
 * ``layout_index.sqlite``: PyBIDS's index of the dataset (built by
-  :func:`tumsyn_bids.bids.layout.pybids_layout`: no PyBIDS validation, ``.bidsignore`` applied);
+  :func:`tumsyn_bids.bids.pybids.pybids_layout`: no PyBIDS validation, ``.bidsignore`` applied);
 * ``tumsyn-index.json``: the manifest: the dataset it indexes, a fingerprint of the dataset at
   indexing time, and the BIDS validator's verdict on that state (None when validation was
   skipped).
@@ -332,7 +332,7 @@ def build_shared_index(
     indexed into a temporary file and moved into place, and the manifest is written.
     Raises :class:`DatabaseError`, and what ``validate`` or PyBIDS raise.
     """
-    from .layout import pybids_layout
+    from .pybids import pybids_layout
 
     bids_dir = Path(bids_dir).resolve()
     database_dir = Path(database_dir).resolve()
@@ -400,7 +400,7 @@ def open_shared_index(
     by :func:`build_shared_index` (with ``validate``), which other callers wait for.
     Returns the layout and the manifest's record (``built`` tells whether this call built it).
     """
-    from .layout import pybids_layout
+    from .pybids import pybids_layout
 
     bids_dir = Path(bids_dir).resolve()
     database_dir = Path(database_dir).resolve()

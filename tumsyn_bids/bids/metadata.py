@@ -232,7 +232,7 @@ class ParticipantTable:
     def _sidecar(self, tsv: Path) -> dict[str, Any]:
         """The TSV's JSON sidecar after BIDS inheritance (PyBIDS); {} when there is none."""
         if self._layout is None:
-            from tumsyn_bids.bids.layout import pybids_layout
+            from tumsyn_bids.bids.pybids import pybids_layout
 
             try:
                 self._layout = pybids_layout(self.root)

@@ -50,7 +50,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..cli.errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_USAGE
+from ..exitcodes import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_USAGE
 
 PACKAGED_TEMPLATE = "MNI152NLin2009aSym"
 RECORD_PATH = Path(__file__).resolve().parents[1] / "data" / "templates.json"

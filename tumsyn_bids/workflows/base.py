@@ -353,6 +353,7 @@ def init_job_wf(
         mem_gb=inference.mem_gb,
         n_procs=inference.num_threads or 1,
     )
+    synth.plugin_args = node_plugin_args(inference.use_gpu)  # --gres=gpu:1 under SLURM
     post = pe.Node(Postprocess(), name="postprocess")
     wf.connect([
         (inputnode, synth, [("in_file", "in_file"), ("prompt", "prompt")]),
