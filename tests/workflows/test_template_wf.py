@@ -31,7 +31,7 @@ def test_one_registration_per_source_and_one_resampling_per_output(tmp_path: Pat
                         preproc=PreprocConfig(), output_spaces=spaces)  # fmt: skip
     session = wf.get_node("sub_01_wf")
     reg = session.get_node(f"anat_sub_01_T1w_to_{TPL}_wf")
-    assert reg is not None and reg.get_node("register") is not None
+    assert reg is not None and reg.get_node("register").inputs.histogram_matching is True
     # one registration per source (both resolutions share it), transforms with sMRIPrep's names
     regs = [n for n in session._graph.nodes() if n.name.endswith(f"_to_{TPL}_wf")]
     assert len(regs) == 1

@@ -93,6 +93,11 @@ def registration_desc(
     :data:`~tumsyn_bids.interfaces.registration.SETTINGS`, software versions included)."""
     rigid, affine, syn = SETTINGS[settings]
     cited = " [@mni2009]" if template.startswith("MNI152NLin2009") else ""
+    matched = (
+        " and histograms matched (a T1w source and a T1w template)"
+        if source_suffix == "T1w"
+        else " (no histogram matching: the source's contrast differs from the template's)"
+    )
     resolutions = ", ".join(
         f"res-{s.resolution}" for s in sorted(spaces, key=lambda s: s.resolution)
     )
@@ -107,8 +112,8 @@ def registration_desc(
         f"[@ants] through ANTsPy {version('antspyx')}: the preprocessed, brain-extracted source "
         "was aligned with the template's brain image (voxels outside both brain masks set to "
         "zero) by rigid, affine and symmetric normalization (SyN [@syn]) stages, starting from "
-        "aligned centres of mass, with intensities winsorized to their 0.5-99.5% quantiles "
-        "and histograms matched. The rigid and affine stages used Mattes mutual information "
+        f"aligned centres of mass, with intensities winsorized to their 0.5-99.5% quantiles"
+        f"{matched}. The rigid and affine stages used Mattes mutual information "
         f"({rigid.param} bins, regular sampling of {rigid.sampling:.0%} of the voxels); SyN "
         f"(gradient step {syn.step:g}, update field smoothing {syn.update_sigma:g} voxels) "
         f"used {syn_metric}. Each stage ran at {_levels(syn.levels_mm)} mm voxel levels with "
@@ -176,7 +181,11 @@ def init_template_wf(
     src = source_space(source_suffix)
     register = pe.Node(
         RegisterToTemplate(
-            template=template, source_space=src, settings=settings, num_threads=num_threads
+            template=template,
+            source_space=src,
+            settings=settings,
+            num_threads=num_threads,
+            histogram_matching=source_suffix == "T1w",  # the templates' images are T1w
         ),
         name="register",
         n_procs=num_threads,
