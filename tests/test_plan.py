@@ -156,3 +156,27 @@ def test_target_spec_and_target_like_for_one_suffix_are_ambiguous(index):
     )
     with pytest.raises(PlanError, match="both --target-spec and --target-like give a T2w"):
         build_plan(index, request)
+
+
+def test_a_job_is_finished_only_in_every_requested_space(index, tmp_path):
+    """``--output-spaces``: an output on the source grid alone does not finish a job that also
+    asks for a template space; with the template-space output it does."""
+    out = tmp_path / "out"
+    request = SynthesisRequest(targets=("T2w",))
+    rel = "sub-01/anat/sub-01_desc-tumsynFromT1w_T2w"
+    space = "sub-01/anat/sub-01_space-MNI152NLin2009aSym_res-2_desc-tumsynFromT1w_T2w"
+    for name in (f"{rel}.nii.gz", f"{rel}.json"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("x")
+
+    def status(spaces):
+        plan = build_plan(index, request, out, output_spaces=spaces)
+        return plan.set_index("output").loc[f"{rel}.nii.gz", "status"]
+
+    assert status(()) == "done"
+    assert status(("T1w",)) == "done"
+    assert status(("MNI152NLin2009aSym:res-2", "T1w")) == "planned"
+    for name in (f"{space}.nii.gz", f"{space}.json"):
+        (out / name).write_text("x")
+    assert status(("MNI152NLin2009aSym:res-2", "T1w")) == "done"
+    assert status(("MNI152NLin2009aSym",)) == "planned"  # res-1 is another output

@@ -158,8 +158,8 @@ def new_run_id() -> str:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One ``tumsyn`` run, resolved: paths, selection, request, inference, execution and
-    preprocessing.
+    """One ``tumsyn`` run, resolved: paths, selection, request, inference, execution,
+    preprocessing and output spaces.
 
     ``run_id`` (:func:`new_run_id`) names the run's own log folder, ``logs/run-<run_id>/``.
     """
@@ -176,6 +176,10 @@ class RunConfig:
     inference: InferenceConfig | None = None
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     preproc: PreprocConfig = field(default_factory=PreprocConfig)
+    #: ``--output-spaces``, canonical spelling (``T1w``, ``MNI152NLin2009aSym:res-2``): where
+    #: outputs are written besides the source grid (docs/templates.md;
+    #: :func:`tumsyn_bids.templates.spaces.parse_output_spaces` reads them).
+    output_spaces: tuple[str, ...] = ("T1w",)
     dry_run: bool = False
     reports_only: bool = False
     #: ``--list-participants``: where the selected labels go (``"-"``: standard output).

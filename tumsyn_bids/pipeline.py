@@ -40,7 +40,7 @@ from .model.metadata import DEFAULT_TEXT_HEADS, checkpoint_metadata, file_sha256
 from .plan import write_plan_tsv
 from .runlog import run_log_dir
 from .workflows import init_tumsyn_wf
-from .workflows.base import anat_workflow_name, job_dir, job_workflows
+from .workflows.base import anat_workflow_name, job_dir, job_workflows, template_workflow_name
 from .workflows.citation import write_citation
 
 LOGGER = logging.getLogger("tumsyn_bids.pipeline")
@@ -293,6 +293,10 @@ def job_outcomes(plan: pd.DataFrame, config: RunConfig, since: float) -> pd.Data
             continue
         final.at[i, "status"] = "failed"
         crash_dir = subject_log_dir(output_dir, row["subject"])
+        # the source's registrations to templates (--output-spaces) come before the job
+        pattern = template_workflow_name(row["source"], "TEMPLATE").replace("TEMPLATE", "*")
+        registrations = sorted(folders[-1].parent.glob(pattern))
+        folders = [*folders[:-1], *registrations, folders[-1]]
         final.at[i, "message"] = _crash_line(row["output"], folders, crash_dir, output_dir, since)
     return final
 
@@ -337,6 +341,7 @@ def execute_plan(plan: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
         config.request,
         preproc=config.preproc,
         omp_nthreads=preproc_threads(config),
+        output_spaces=config.output_spaces,
     )
     if workflow.list_node_names():
         # The methods text of the steps this run takes; a run with nothing left to do keeps

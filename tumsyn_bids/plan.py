@@ -223,12 +223,15 @@ def build_plan(
     patch_size: Sequence[int] | None = None,
     reference: bool = False,
     preprocess: bool = False,
+    output_spaces: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The plan table for every subject/session of ``index`` (see the module docstring).
 
     ``patch_size`` (i, j, k voxels) is needed with ``reference=True``, whose output grids
     depend on it. ``preprocess`` (``--preproc full``) fills ``anat_reference`` and computes
-    grids on the conformed axes. Raises :class:`PlanError` for an unusable request.
+    grids on the conformed axes. ``output_spaces`` (``--output-spaces``): a job counts as
+    finished only when its output exists in every template space too. Raises
+    :class:`PlanError` for an unusable request.
     """
     check_request(request)
     table = modality_table(modalities)
@@ -272,6 +275,7 @@ def build_plan(
                     patch_size,
                     reference,
                     preprocess,
+                    output_spaces,
                 )
                 row["anat_reference"] = anat_reference
                 rows.append(row)
@@ -292,6 +296,7 @@ def _plan_job(
     patch_size: Sequence[int] | None,
     reference: bool,
     preprocess: bool = False,
+    output_spaces: Sequence[str] = (),
 ) -> dict[str, Any]:
     modality = resolve_modality(target, {}, table) or target
     output = derivative_relpath(record.relpath, target, record.suffix)
@@ -339,7 +344,17 @@ def _plan_job(
                 f"text encoder's {request.context_length}: {text!r}",
             )
     if output_dir is not None and not overwrite and is_finished(output_dir, output):
-        return _row(record, **base, status="done", message="output exists (use --overwrite)")
+        from .templates.spaces import parse_output_spaces
+
+        in_spaces = [
+            derivative_relpath(
+                record.relpath, target, record.suffix, space=s.name, res=str(s.resolution)
+            )
+            for s in parse_output_spaces(output_spaces)
+            if s.is_template
+        ]
+        if all(is_finished(output_dir, path) for path in in_spaces):
+            return _row(record, **base, status="done", message="output exists (use --overwrite)")
     return _row(record, **base, status="planned", message="")
 
 

@@ -18,6 +18,7 @@ from tumsyn_bids.bids.names import (
     preproc_relpath,
     sidecar_relpath,
     subject_log_dir,
+    transform_relpath,
 )
 
 
@@ -214,3 +215,26 @@ def test_preprocessing_derivative_names() -> None:
     )
     with pytest.raises(DerivativesError):
         brain_mask_relpath("../sub-01_T1w.nii.gz")
+
+
+def test_template_space_names():
+    src = "sub-01/ses-1/anat/sub-01_ses-1_acq-mprage_run-2_T1w.nii.gz"
+    tpl = "MNI152NLin2009aSym"
+    assert derivative_relpath(src, "T2w", "T1w", space=tpl, res="2") == (
+        f"sub-01/ses-1/anat/sub-01_ses-1_acq-mprage_run-2_space-{tpl}_res-2"
+        "_desc-tumsynFromT1w_T2w.nii.gz"
+    )
+    assert brain_mask_relpath(src, space=tpl, res="1") == (
+        f"sub-01/ses-1/anat/sub-01_ses-1_acq-mprage_run-2_space-{tpl}_res-1_desc-brain_mask.nii.gz"
+    )
+    # sMRIPrep's transform names, after the source's entities
+    assert transform_relpath(src, "T1w", tpl) == (
+        f"sub-01/ses-1/anat/sub-01_ses-1_acq-mprage_run-2_from-T1w_to-{tpl}_mode-image_xfm.h5"
+    )
+    assert transform_relpath("sub-02/anat/sub-02_FLAIR.nii.gz", tpl, "FLAIR") == (
+        f"sub-02/anat/sub-02_from-{tpl}_to-FLAIR_mode-image_xfm.h5"
+    )
+    with pytest.raises(DerivativesError, match="space label"):
+        transform_relpath(src, "T1w", "MNI:res-2")
+    with pytest.raises(DerivativesError, match="space label"):
+        derivative_relpath(src, "T2w", "T1w", space="MNI-x")

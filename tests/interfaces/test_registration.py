@@ -41,6 +41,9 @@ def test_registration_command_line_states_the_settings():
     assert "Rigid[0.1]" in text and "Affine[0.1]" in text and "SyN[0.1,3.0,0.0]" in text
     assert "--random-seed 7" in text and "--write-composite-transform 1" in text
     assert "--initial-moving-transform [f.nii.gz,m.nii.gz,1]" in text
+    assert "--use-histogram-matching 1" in text  # T1w to a T1w template
+    other = " ".join(registration_args("f", "m", "o", "default", histogram_matching=False))
+    assert "--use-histogram-matching 0" in other  # another contrast
     # levels in mm become shrink factors of the fixed image's voxel size
     assert "--shrink-factors 8x4x2" in text
     half = " ".join(registration_args("f", "m", "o", "default", fixed_zoom=0.5))

@@ -117,3 +117,17 @@ def test_preprocessing_figures_and_section(tmp_path):
     PreprocReport(**common).run(cwd=str(tmp_path / "n2"))  # --no-inu
     assert not (figures / f"{stem}_inu.png").exists()
     assert f"figures/{stem}_inu.png" not in build_subject_report(out, "02").read_text()
+
+
+def test_registration_outliers_absolute_and_relative():
+    from tumsyn_bids.reports.group import registration_outliers
+
+    # below 0.90 is always flagged; a missing Dice is n/a
+    flags = registration_outliers(pd.Series([0.97, 0.975, 0.98, 0.85, float("nan")]))
+    assert list(flags) == ["no", "no", "no", "yes", "n/a"]
+    # 0.93 passes 0.90 but is far below a tight group: median 0.9705, MAD 0.002, so the bound
+    # is 0.9705 - 3 x 1.4826 x 0.002 = 0.9616
+    flags = registration_outliers(pd.Series([0.97, 0.971, 0.972, 0.973, 0.93, 0.968]))
+    assert list(flags) == ["no", "no", "no", "no", "yes", "no"]
+    # fewer than 3 values: only the absolute bound
+    assert list(registration_outliers(pd.Series([0.95, 0.91]))) == ["no", "no"]

@@ -223,14 +223,27 @@ def test_every_reference_is_cited_by_the_app(tmp_path: Path) -> None:
     wf = init_tumsyn_wf(plan, "/bids", "/out", "/work", _inference(),
                         {o: {} for o in plan["output"]}, request)  # fmt: skip
     _, keys = cite(visit_desc(wf))
-    assert sorted(keys) == sorted(set(REFERENCES) - {"deepbet", "n4", "ants"})
+    assert sorted(keys) == sorted(
+        set(REFERENCES) - {"deepbet", "n4", "ants", "syn", "templateflow", "mni2009"}
+    )
     # with preprocessing (the app's default) its texts cite the rest
     bids = _with_sources(tmp_path, plan)  # the factory reads each source's axis order
     sidecars = {o: {} for o in plan["output"]}
     wf = init_tumsyn_wf(plan, bids, "/out", "/work", _inference(), sidecars, request,
                         preproc=PreprocConfig())  # fmt: skip
     _, keys = cite(visit_desc(wf))
+    template_keys = {"syn", "templateflow", "mni2009"}
+    assert sorted(keys) == sorted(set(REFERENCES) - template_keys)
+    # and with a template output space, the registration's paragraph cites the template's
+    wf = init_tumsyn_wf(plan, bids, "/out", "/work", _inference(), sidecars, request,
+                        preproc=PreprocConfig(),
+                        output_spaces=("MNI152NLin2009aSym:res-2", "T1w"))  # fmt: skip
+    texts = visit_desc(wf)
+    _, keys = cite(texts)
     assert sorted(keys) == sorted(REFERENCES)
+    (registration,) = [t for t in texts if "registered to the MNI152NLin2009aSym" in t]
+    assert "resampled into the template (res-2) once" in registration
+    assert "SyN [@syn]" in registration and "1.4826" not in registration
 
 
 def _with_sources(tmp_path: Path, plan: pd.DataFrame, codes: str = "RAS") -> Path:

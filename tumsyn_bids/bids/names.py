@@ -36,6 +36,7 @@ __all__ = [
     "sidecar_relpath",
     "split_source",
     "subject_log_dir",
+    "transform_relpath",
 ]
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -185,6 +186,7 @@ def derivative_relpath(
     source_suffix: str,
     *,
     res: str | None = None,
+    space: str | None = None,
 ) -> str:
     """Dataset-relative path of the image synthesized as ``target_suffix`` from a source image.
 
@@ -194,7 +196,8 @@ def derivative_relpath(
     BIDS entity order, a ``desc`` (replacing one the source may have) naming the source contrast,
     the target suffix, and always ``.nii.gz``. ``res`` optionally adds a ``res-<label>`` entity
     for an output resampled to another grid (then describe it with ``Resolution`` in the
-    sidecar, as BIDS requires).
+    sidecar, as BIDS requires); ``space`` a ``space-<label>`` entity for an output resampled
+    into a template (``--output-spaces``, e.g. ``space-MNI152NLin2009aSym_res-2``).
 
     ``source_suffix`` must be the suffix of ``source_relpath``: it is asked for explicitly so that
     a caller passing the wrong image (or a modality word such as ``T1``) fails here instead of
@@ -207,12 +210,21 @@ def derivative_relpath(
         )
     if not target_suffix or not _ALNUM.fullmatch(target_suffix):
         raise DerivativesError(f"target suffix {target_suffix!r} must be alphanumeric (e.g. T2w)")
-    extra = {"desc": desc_label(source_suffix)}
-    if res is not None:
-        if not _ALNUM.fullmatch(res):
-            raise DerivativesError(f"res label {res!r} must be alphanumeric")
-        extra["res"] = res
+    extra = {"desc": desc_label(source_suffix), **_space_entities(space, res)}
     return _derived(path, entities, extra, target_suffix)
+
+
+def _space_entities(space: str | None, res: str | None) -> dict[str, str]:
+    """``{"space": ..., "res": ...}`` for the given labels (alphanumeric, else
+    :class:`DerivativesError`)."""
+    extra = {}
+    for key, label in (("space", space), ("res", res)):
+        if label is None:
+            continue
+        if not _ALNUM.fullmatch(str(label)):
+            raise DerivativesError(f"{key} label {label!r} must be alphanumeric")
+        extra[key] = str(label)
+    return extra
 
 
 def _derived(
@@ -224,17 +236,42 @@ def _derived(
     return (path.parent / name).as_posix()
 
 
-def brain_mask_relpath(source_relpath: str | os.PathLike[str]) -> str:
+def brain_mask_relpath(
+    source_relpath: str | os.PathLike[str], *, space: str | None = None, res: str | None = None
+) -> str:
     """Dataset-relative path of a source image's brain mask, sMRIPrep's ``desc-brain_mask``.
 
     ``sub-01/anat/sub-01_run-1_T1w.nii.gz`` gives ``sub-01/anat/sub-01_run-1_desc-brain_mask
     .nii.gz``: every source entity kept, ``desc-brain``, suffix ``mask``. The mask lies on the
     source's grid. A session has one source contrast, so its masks never collide; a T1w
-    brought in only for its mask (a FLAIR source's reference) gets none. Raises
-    :class:`DerivativesError` for a name that is not a BIDS source name.
+    brought in only for its mask (a FLAIR source's reference) gets none. ``space``/``res``
+    name the mask resampled into a template (``..._space-MNI152NLin2009aSym_res-2_desc-brain
+    _mask.nii.gz``). Raises :class:`DerivativesError` for a name that is not a BIDS source name.
     """
     path, entities, _, _ = split_source(source_relpath)
-    return _derived(path, entities, {"desc": "brain"}, "mask")
+    return _derived(path, entities, {"desc": "brain", **_space_entities(space, res)}, "mask")
+
+
+def transform_relpath(source_relpath: str | os.PathLike[str], source: str, target: str) -> str:
+    """Dataset-relative path of a transform between a source image's space and a template, with
+    sMRIPrep's entities: ``sub-01/anat/sub-01_T1w.nii.gz``, ``T1w``,
+    ``MNI152NLin2009aSym`` give ``sub-01/anat/sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image
+    _xfm.h5`` (the source's entities, then ``from``, ``to``, ``mode-image``, suffix ``xfm``,
+    ITK composite HDF5). Swap ``source`` and ``target`` for the inverse. ``from``/``to``/``mode``
+    are not in BIDS' entity table yet (BEP014), so they follow the source's entities; the output
+    dataset's ``.bidsignore`` lists ``*_xfm.h5`` for the validator. Raises
+    :class:`DerivativesError` for a bad source name or non-alphanumeric space labels.
+    """
+    path, entities, _, _ = split_source(source_relpath)
+    for label in (source, target):
+        if not _ALNUM.fullmatch(label or ""):
+            raise DerivativesError(f"space label {label!r} must be alphanumeric")
+    entities = {k: v for k, v in entities.items() if k != "desc"}
+    name = "_".join(
+        [*(f"{k}-{v}" for k, v in _ordered(entities)), f"from-{source}", f"to-{target}",
+         "mode-image", "xfm"]
+    )  # fmt: skip
+    return (path.parent / (name + ".h5")).as_posix()
 
 
 def preproc_relpath(source_relpath: str | os.PathLike[str]) -> str:

@@ -157,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the preprocessed source (desc-preproc_<suffix>) on the source grid",
     )
 
+    t = p.add_argument_group("output spaces (docs/templates.md)")
+    t.add_argument(
+        "--output-spaces",
+        nargs="+",
+        default=["T1w"],
+        metavar="SPACE",
+        help="where outputs are written: 'T1w' (the source grid; default, always written) "
+        "and TemplateFlow templates, e.g. MNI152NLin2009aSym or MNI152NLin2009aSym:res-2 "
+        "(registration with ANTs; needs --preproc full and the template in "
+        "$TEMPLATEFLOW_HOME: tumsyn-templates init)",
+    )
+
     r = p.add_argument_group("running")
     r.add_argument("-w", "--work-dir", type=Path, default=Path("work"))
     r.add_argument("--nprocs", "--n-cpus", type=int, default=os.cpu_count() or 1)
@@ -355,6 +367,44 @@ def _preproc(args: argparse.Namespace) -> PreprocConfig:
     )
 
 
+def _output_spaces(args: argparse.Namespace, check_templates: bool = False) -> tuple[str, ...]:
+    """``--output-spaces`` in canonical spelling (``T1w``, ``MNI152NLin2009aSym:res-2``).
+
+    Exit 64 for a malformed value, for a template space without ``--preproc full`` (the
+    registration reads the preprocessed brain and its mask) and, with ``check_templates``, for
+    a template or resolution the TemplateFlow home lacks (one line: template, home, fix).
+    """
+    from ..templates.spaces import parse_output_spaces
+
+    try:
+        spaces = parse_output_spaces(args.output_spaces)
+    except ValueError as exc:
+        raise CLIError(errors.EX_USAGE, str(exc)) from None
+    templates = [space for space in spaces if space.is_template]
+    if templates and args.preproc != "full":
+        raise CLIError(
+            errors.EX_USAGE,
+            f"--output-spaces {templates[0]}: template spaces need --preproc full (the "
+            "registration reads the preprocessed brain and its mask); drop --preproc none",
+        )
+    if check_templates:
+        from ..templates.flow import TemplateNotFoundError, get_template
+        from ..templates.references import brain_reference, reference_grid
+
+        for space in templates:
+            try:
+                brain_reference(space.name, 1)  # what registration aims at
+                try:  # the output grid: the home's file at that resolution ...
+                    get_template(space.name, space.resolution, "mask", desc="brain")
+                except TemplateNotFoundError:
+                    if space.resolution != 2:
+                        raise
+                    reference_grid(space.name, 2)  # ... or res-2 derived from a 1 mm res-1
+            except TemplateNotFoundError as exc:
+                raise CLIError(errors.EX_USAGE, f"--output-spaces {space}: {exc}") from None
+    return tuple(str(space) for space in spaces)
+
+
 def _execution(args: argparse.Namespace) -> ExecutionConfig:
     """Nipype plugin and its arguments: from ``--use-plugin`` YAML, else MultiProc (workers
     started by a fork server) or Linear."""
@@ -442,6 +492,7 @@ def check_values(args: argparse.Namespace) -> None:
                 f"{flag} works at the participant level, without --dry-run and --reports-only",
             )
     _preproc(args)
+    _output_spaces(args)
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -467,6 +518,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         inference=_inference(args, execution.plugin) if needs_model else None,
         execution=execution,
         preproc=_preproc(args),
+        output_spaces=_output_spaces(args, check_templates=needs_model),
         dry_run=args.dry_run,
         reports_only=args.reports_only,
         list_participants=args.list_participants,

@@ -129,6 +129,7 @@ def participant_level(config: RunConfig) -> tuple[int, list[str]]:
             patch_size=inference.patch_size if inference else None,
             reference=bool(inference and inference.reference),
             preprocess=config.preproc.full,
+            output_spaces=config.output_spaces,
         )
     except BIDSIndexError as exc:
         raise CLIError(errors.EX_NOINPUT, str(exc)) from None

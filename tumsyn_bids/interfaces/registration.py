@@ -104,13 +104,16 @@ def registration_args(
     settings: str = "default",
     fixed_zoom: float = 1.0,
     seed: int = RANDOM_SEED,
+    histogram_matching: bool = True,
 ) -> list[str]:
     """The ``antsRegistration`` command line (without the program name) for ``settings``.
 
     ``fixed``/``moving`` are NIfTI paths (brain-only images), ``fixed_zoom`` the fixed image's
     voxel size in mm (shrink factors are ``level_mm / fixed_zoom``). The initial transform
-    aligns the centres of mass (``[fixed,moving,1]``). Writes ``<out_prefix>Composite.h5`` and
-    ``<out_prefix>InverseComposite.h5``. Raises KeyError for unknown settings.
+    aligns the centres of mass (``[fixed,moving,1]``). ``histogram_matching`` matches the
+    moving image's histogram to the fixed one's first: for images of the same contrast only
+    (ANTs' advice; sMRIPrep matches T1w to T1w templates). Writes ``<out_prefix>Composite.h5``
+    and ``<out_prefix>InverseComposite.h5``. Raises KeyError for unknown settings.
     """
     stages = SETTINGS[settings]
     args = [
@@ -119,7 +122,7 @@ def registration_args(
         "--output", f"[{out_prefix}]",
         "--interpolation", "Linear",
         "--winsorize-image-intensities", "[0.005,0.995]",
-        "--use-histogram-matching", "1",
+        "--use-histogram-matching", "1" if histogram_matching else "0",
         "--random-seed", str(seed),
         "--collapse-output-transforms", "1",
         "--write-composite-transform", "1",
@@ -245,6 +248,9 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     settings = traits.Enum(*SETTINGS, usedefault=True, desc="registration settings (SETTINGS)")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
     random_seed = traits.Int(RANDOM_SEED, usedefault=True, desc="ANTs sampling seed")
+    histogram_matching = traits.Bool(
+        True, usedefault=True, desc="match histograms first (same contrast as the template only)"
+    )
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -290,7 +296,13 @@ class RegisterToTemplate(SimpleInterface):
         zoom = float(min(nib.load(fixed).header.get_zooms()[:3]))
         prefix = str(cwd / "ants_")
         args = registration_args(
-            fixed, moving, prefix, self.inputs.settings, zoom, self.inputs.random_seed
+            fixed,
+            moving,
+            prefix,
+            self.inputs.settings,
+            zoom,
+            self.inputs.random_seed,
+            histogram_matching=self.inputs.histogram_matching,
         )
         (cwd / "command.json").write_text(json.dumps(args, indent=1))
         log = cwd / "antsRegistration.log"

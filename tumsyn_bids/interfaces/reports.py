@@ -23,7 +23,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-__all__ = ["PreprocReport"]
+__all__ = ["PreprocReport", "RegistrationReport"]
 
 
 class _PreprocReportInputSpec(BaseInterfaceInputSpec):
@@ -80,4 +80,57 @@ class PreprocReport(SimpleInterface):
         record = root / preproc_record_relpath(inputs.subject, inputs.stem)
         written.append(atomic_write_json(record, summary))
         self._results["out_files"] = [str(p) for p in written]
+        return runtime
+
+
+class _RegistrationReportInputSpec(BaseInterfaceInputSpec):
+    output_dir = Directory(mandatory=True, desc="root of the derivatives dataset")
+    subject = traits.Str(mandatory=True, desc="participant label (without sub-)")
+    stem = traits.Str(mandatory=True, desc="the source's file name without extension")
+    template = traits.Str(mandatory=True, desc="TemplateFlow template registered to")
+    warped_image = File(exists=True, mandatory=True, desc="source brain on the template grid")
+    template_mask = File(exists=True, mandatory=True, desc="template brain mask (same grid)")
+    dice = traits.Float(mandatory=True, desc="Dice of the warped mask against the template's")
+    record = traits.Dict(desc="more fields of the record (settings, transforms)")
+    elapsed = traits.Float(desc="antsRegistration wall time (s)")
+    cpu_time = traits.Float(desc="antsRegistration CPU time, user + system (s)")
+
+
+class RegistrationReport(SimpleInterface):
+    """Write a source's registration figure and record into the output folder.
+
+    ``sub-XX/figures/<stem>_space-<template>_registration.png``: the template's brain-mask
+    outline (red) over the source brain warped into the template, as sMRIPrep's normalization
+    reportlet shows it (:func:`tumsyn_bids.reports.figures.mask_figure`); and
+    ``sub-XX/log/<stem>_space-<template>_registration.json``: ``Template``, ``Dice``,
+    ``record``'s fields and the run time of ``antsRegistration`` (``WallTimeSeconds``,
+    ``CPUTimeSeconds``). Both written atomically.
+    """
+
+    input_spec = _RegistrationReportInputSpec
+    output_spec = _PreprocReportOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..bids.io import atomic_write_json
+        from ..reports.collect import registration_relpath
+        from ..reports.figures import mask_figure
+
+        inputs = self.inputs
+        root = Path(inputs.output_dir)
+        rel = registration_relpath(inputs.subject, inputs.stem, inputs.template, "figure")
+        figure = mask_figure(
+            inputs.warped_image,
+            inputs.template_mask,
+            root / rel,
+            label=f"{inputs.stem.rsplit('_', 1)[-1]} in {inputs.template}",
+        )
+        record = {"Template": inputs.template, "Dice": round(float(inputs.dice), 4)}
+        if isdefined(inputs.record):
+            record.update(inputs.record)
+        times = (("WallTimeSeconds", inputs.elapsed), ("CPUTimeSeconds", inputs.cpu_time))
+        for key, value in times:
+            if isdefined(value):
+                record[key] = round(float(value), 1)
+        path = root / registration_relpath(inputs.subject, inputs.stem, inputs.template, "record")
+        self._results["out_files"] = [str(figure), str(atomic_write_json(path, record))]
         return runtime

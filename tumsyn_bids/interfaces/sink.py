@@ -27,6 +27,11 @@ class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
     output_dir = Directory(mandatory=True, desc="root of the derivatives dataset")
     relpath = traits.Str(mandatory=True, desc="BIDS derivative path relative to output_dir")
     sidecar = traits.Str(mandatory=True, desc="JSON sidecar content (a JSON object)")
+    wait_for = traits.List(
+        traits.Any,
+        desc="outputs of nodes that must finish first (not read): e.g. the same "
+        "image in template spaces, so that a finished source-grid output means a finished job",
+    )
 
 
 class _DerivativesSinkOutputSpec(TraitedSpec):
@@ -96,4 +101,83 @@ class FinishSidecar(SimpleInterface):
             patches=patches,
         )
         self._results["sidecar"] = json.dumps(sidecar, sort_keys=True)
+        return runtime
+
+
+class _SpaceSidecarInputSpec(BaseInterfaceInputSpec):
+    sidecar = traits.Str(mandatory=True, desc="JSON sidecar of the derivative on the source grid")
+    space = traits.Str(mandatory=True, desc="output space, e.g. MNI152NLin2009aSym:res-2")
+    grid_source = traits.Str(desc="where the target grid comes from (ApplyTemplateTransform)")
+    sources = traits.List(traits.Str, mandatory=True, desc="BIDS URIs of the files used")
+    interpolation = traits.Str(mandatory=True, desc="interpolation of the one resampling")
+
+
+class _SpaceSidecarOutputSpec(TraitedSpec):
+    sidecar = traits.Str(desc="the sidecar of the derivative in the template space (JSON)")
+
+
+class SpaceSidecar(SimpleInterface):
+    """The sidecar of a derivative resampled into a template space: every field of the
+    source-grid derivative's sidecar, ``Sources`` replaced by the files it was resampled from
+    (the source-grid derivative and the transform), plus ``SpatialReference`` and ``Resolution``
+    (:func:`tumsyn_bids.templates.spaces.space_metadata`) and a ``Resampling`` record
+    (interpolation, transform, target grid, software)."""
+
+    input_spec = _SpaceSidecarInputSpec
+    output_spec = _SpaceSidecarOutputSpec
+
+    def _run_interface(self, runtime):
+        from importlib.metadata import version
+
+        from ..templates.spaces import parse_output_spaces, space_metadata
+
+        (space,) = parse_output_spaces([self.inputs.space])
+        grid = self.inputs.grid_source if isdefined(self.inputs.grid_source) else None
+        sidecar = json.loads(self.inputs.sidecar)
+        sidecar["Sources"] = list(self.inputs.sources)
+        sidecar.update(space_metadata(space, grid))
+        sidecar["Resampling"] = {
+            "Interpolation": self.inputs.interpolation,
+            "Transform": self.inputs.sources[-1],
+            "Software": {"antspyx": version("antspyx")},
+            "Note": "resampled once, from the source grid straight onto the template grid",
+        }
+        self._results["sidecar"] = json.dumps(sidecar, sort_keys=True)
+        return runtime
+
+
+class _FileSinkInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="file to store as it is")
+    output_dir = Directory(mandatory=True, desc="root of the derivatives dataset")
+    relpath = traits.Str(mandatory=True, desc="path relative to output_dir")
+    bidsignore = traits.List(traits.Str, desc="patterns to add to the output's .bidsignore")
+
+
+class _FileSinkOutputSpec(TraitedSpec):
+    out_file = File(desc="the stored file")
+
+
+class FileSink(SimpleInterface):
+    """Store a file that is not a NIfTI image (a transform) at ``output_dir/relpath``, byte for
+    byte and atomically (:func:`tumsyn_bids.bids.io.atomic_write_bytes`); ``bidsignore``
+    patterns (files BIDS has no name for yet, e.g. ``*_xfm.h5``) are added to the output's
+    ``.bidsignore`` first."""
+
+    input_spec = _FileSinkInputSpec
+    output_spec = _FileSinkOutputSpec
+
+    def _run_interface(self, runtime):
+        from pathlib import Path
+
+        from ..bids.dataset import update_bidsignore
+        from ..bids.io import atomic_write_bytes
+        from ..bids.names import posix_relpath
+
+        if isdefined(self.inputs.bidsignore) and self.inputs.bidsignore:
+            update_bidsignore(self.inputs.output_dir, self.inputs.bidsignore)
+        rel = posix_relpath(self.inputs.relpath, "derivative path")
+        out = atomic_write_bytes(
+            Path(self.inputs.output_dir) / rel, Path(self.inputs.in_file).read_bytes()
+        )
+        self._results["out_file"] = str(out)
         return runtime

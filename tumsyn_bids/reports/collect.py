@@ -102,12 +102,16 @@ def collect_subject(output_dir: str | os.PathLike[str], subject: str) -> list[Ou
 
     Images come from their sidecars; ``jobs.tsv`` adds status, message and run time, and
     contributes the jobs that left no image (failed, refused), so the report lists them too.
+    Copies of an image in a template space (``space-`` entity, ``--output-spaces``) are not
+    jobs of their own and are not listed.
     """
     root = Path(output_dir)
     jobs = read_jobs(root, subject).set_index("output", drop=False)
     records: dict[str, OutputRecord] = {}
     pattern = f"**/sub-{subject}_*desc-{DESC_PREFIX}*.json"
     for sidecar_path in sorted((root / f"sub-{subject}").glob(pattern)):
+        if _entity(sidecar_path.name, "space"):
+            continue  # the same job's image in a template space (--output-spaces)
         image = None
         for ext in (".nii.gz", ".nii"):
             candidate = sidecar_path.with_name(sidecar_path.name[: -len(".json")] + ext)
@@ -204,6 +208,69 @@ def collect_preproc(output_dir: str | os.PathLike[str], subject: str) -> list[Pr
                 figures[kind] = rel
         records.append(PreprocRecord(subject, _entity(stem, "ses"), stem, summary, figures))
     return records
+
+
+def registration_relpath(subject: str, stem: str, template: str, kind: str) -> str:
+    """Where the registration of one source to a template is recorded: ``kind`` ``record``
+    gives ``sub-XX/log/<source stem>_space-<template>_registration.json`` (Dice, settings, run
+    time), ``figure`` gives ``sub-XX/figures/<source stem>_space-<template>_registration.png``
+    (the template's brain-mask outline over the warped source brain)."""
+    if kind == "record":
+        return f"sub-{subject}/log/{stem}_space-{template}_registration.json"
+    if kind == "figure":
+        return f"sub-{subject}/figures/{stem}_space-{template}_registration.png"
+    raise ValueError(f"unknown registration file kind {kind!r}")
+
+
+#: A registration whose warped brain mask overlaps the template's with a Dice below this is
+#: flagged in the reports (the issue's acceptance bar; the default settings give 0.97-0.98 on
+#: real and simulated heads, docs/templates.md).
+REGISTRATION_DICE_MIN = 0.90
+
+
+@dataclass
+class RegistrationRecord:
+    """The registration of one source image to one template (from ``sub-XX/log``)."""
+
+    subject: str
+    session: str | None
+    source: str  # the source's file name without extension
+    template: str
+    record: dict[str, Any]
+    figure: str | None  # path relative to the output folder, when it exists
+
+    @property
+    def dice(self) -> float | None:
+        """Dice of the warped brain mask against the template's (None when not recorded)."""
+        value = self.record.get("Dice")
+        return float(value) if isinstance(value, int | float) else None
+
+
+def collect_registrations(
+    output_dir: str | os.PathLike[str], subject: str
+) -> list[RegistrationRecord]:
+    """Every registration of ``subject``'s sources to a template that left a record (sorted by
+    file name), with its figure when it exists."""
+    root = Path(output_dir)
+    found = []
+    pattern = re.compile(r"^(?P<stem>.+)_space-(?P<tpl>[A-Za-z0-9]+)_registration\.json$")
+    for path in sorted(subject_log_dir(root, subject).glob("*_registration.json")):
+        match = pattern.match(path.name)
+        if not match:
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        stem, template = match.group("stem"), match.group("tpl")
+        figure = registration_relpath(subject, stem, template, "figure")
+        found.append(
+            RegistrationRecord(
+                subject, _entity(stem, "ses"), stem, template, record,
+                figure if (root / figure).is_file() else None,
+            )
+        )  # fmt: skip
+    return found
 
 
 def dataset_participants(bids_dir: str | os.PathLike[str]) -> list[str]:

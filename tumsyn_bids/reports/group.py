@@ -7,6 +7,14 @@ empty shows up. Outliers are flagged with the modified z-score of Iglewicz and H
 ``z = 0.6745 (x - median) / MAD`` computed per target modality (contrasts are not
 comparable) over each statistic; an output is flagged when any ``|z| > 3.5``. Groups of fewer
 than :data:`MIN_GROUP` outputs are not flagged (``n/a``): a median of two says nothing.
+
+With ``--output-spaces`` the table adds, per output, the Dice of its source's registration to
+the template (``registration_dice``: the warped brain mask against the template's; the lowest
+when the source went to several templates) and ``registration_outlier``: ``yes`` when that Dice
+is below :data:`~tumsyn_bids.reports.collect.REGISTRATION_DICE_MIN` (0.90), or, among at least
+:data:`MIN_GROUP` registered sources of the group, below ``median - 3 x 1.4826 x MAD`` of their
+Dice values (the MAD scaled to a standard deviation for normal data; one-sided: only poor
+overlap is suspicious); ``n/a`` without a registration.
 """
 
 from __future__ import annotations
@@ -21,7 +29,15 @@ import pandas as pd
 
 from ..bids.dataset import update_bidsignore
 from ..bids.io import atomic_write_text
-from .collect import OutputRecord, collect_subject, dataset_participants, list_subjects
+from .collect import (
+    REGISTRATION_DICE_MIN,
+    OutputRecord,
+    collect_registrations,
+    collect_subject,
+    dataset_participants,
+    list_subjects,
+    source_stem,
+)
 from .html import REPORT_IGNORE, e, figure_relpath, href, input_dir, page
 
 LOGGER = logging.getLogger("tumsyn_bids.reports")
@@ -44,8 +60,14 @@ COLUMNS = (
     *STAT_COLUMNS,
     "max_abs_robust_z",
     "outlier",
+    "registration_dice",
+    "registration_outlier",
     "report",
 )
+#: Scale of the MAD that makes it a standard deviation for normal data.
+MAD_TO_SD = 1.4826
+#: ``registration_outlier``: Dice below median - this many scaled MADs (module docstring).
+DICE_MADS = 3.0
 
 
 def intensity_stats(source_file: Path, output_file: Path) -> dict[str, float]:
@@ -107,15 +129,46 @@ def flag_outliers(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def registration_outliers(dice: pd.Series) -> pd.Series:
+    """``yes``/``no`` per registration Dice (``n/a`` where missing): below
+    :data:`~tumsyn_bids.reports.collect.REGISTRATION_DICE_MIN`, or below ``median - 3 x 1.4826
+    x MAD`` when at least :data:`MIN_GROUP` values are known (module docstring)."""
+    values = pd.to_numeric(dice, errors="coerce")
+    known = values.dropna()
+    low = values < REGISTRATION_DICE_MIN
+    if len(known) >= MIN_GROUP:
+        median = known.median()
+        mad = (known - median).abs().median()
+        low |= values < median - DICE_MADS * MAD_TO_SD * mad
+    return pd.Series(np.where(values.isna(), "n/a", np.where(low, "yes", "no")), dice.index)
+
+
 def group_table(output_dir: Path, bids_dir: Path | None = None) -> pd.DataFrame:
     """The rows of ``group_synthesis.tsv`` (statistics computed here)."""
     source_root = input_dir(output_dir, bids_dir)
     rows = []
     for subject in list_subjects(output_dir):
+        dice: dict[str, float] = {}
+        for reg in collect_registrations(output_dir, subject):
+            if reg.dice is not None:
+                dice[reg.source] = min(reg.dice, dice.get(reg.source, 1.0))
         for record in collect_subject(output_dir, subject):
-            rows.append(_row(output_dir, record, source_root))
+            row = _row(output_dir, record, source_root)
+            stem = source_stem(record.source) if record.source else None
+            row["registration_dice"] = dice.get(stem, np.nan) if stem else np.nan
+            rows.append(row)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    return flag_outliers(frame)[list(COLUMNS)] if len(frame) else frame
+    if not len(frame):
+        return frame
+    frame = flag_outliers(frame)
+    # one value per registered source, not per output: a source with 4 targets counts once
+    sources = frame.drop_duplicates(["subject", "source"])
+    flags = registration_outliers(sources["registration_dice"])
+    keys = zip(sources["subject"], sources["source"], strict=True)
+    lookup = dict(zip(keys, flags, strict=True))
+    pairs = zip(frame["subject"], frame["source"], strict=True)
+    frame["registration_outlier"] = [lookup.get(k, "n/a") for k in pairs]
+    return frame[list(COLUMNS)]
 
 
 def _row(output_dir: Path, record: OutputRecord, source_root: Path | None) -> dict:
@@ -199,6 +252,18 @@ def group_page(root: Path, frame: pd.DataFrame, missing: list[str]) -> str:
             f'<div class="warn">Intensity outliers (|robust z| &gt; {Z_THRESHOLD} within '
             f"their target modality):<ul>{items}</ul></div>"
         )
+    registered = frame[frame["registration_outlier"].eq("yes")] if len(frame) else frame
+    if len(registered):
+        items = "".join(
+            f'<li><a href="{href(r.report)}">sub-{e(r.subject)}: {e(r.source)}</a> (Dice '
+            f"{float(r.registration_dice):.3f})</li>"
+            for r in registered.drop_duplicates(["subject", "source"]).itertuples()
+        )
+        body.append(
+            '<div class="warn">Registration outliers (Dice of the warped brain mask below '
+            f"{REGISTRATION_DICE_MIN:.2f}, or below the median - {DICE_MADS:g} x "
+            f"{MAD_TO_SD} x MAD of the group):<ul>{items}</ul></div>"
+        )
     body.append("<h2>Gallery</h2>")
     for subject in subjects:
         body.append(f'<h3><a href="{href(f"sub-{subject}.html")}">sub-{e(subject)}</a></h3>')
@@ -227,5 +292,6 @@ __all__ = [
     "flag_outliers",
     "group_table",
     "intensity_stats",
+    "registration_outliers",
     "robust_z",
 ]

@@ -22,9 +22,12 @@ from .. import __version__
 from ..bids.dataset import update_bidsignore
 from ..bids.io import atomic_write_text
 from .collect import (
+    REGISTRATION_DICE_MIN,
     OutputRecord,
     PreprocRecord,
+    RegistrationRecord,
     collect_preproc,
+    collect_registrations,
     collect_subject,
     crash_files,
 )
@@ -251,6 +254,40 @@ def preproc_section(record: PreprocRecord) -> str:
     return "\n".join(parts)
 
 
+def registration_section(record: RegistrationRecord) -> str:
+    """The block of one source's registration to a template: the template's brain-mask outline
+    over the warped source brain (as sMRIPrep's normalization reportlet), the Dice of the
+    warped brain mask against the template's (a warning below
+    :data:`~tumsyn_bids.reports.collect.REGISTRATION_DICE_MIN`), settings and run time."""
+    info = record.record
+    anchor = f"registration-{record.source}-{record.template}"
+    parts = [f'<section id="{e(anchor)}">',
+             f"<h3>Registration of {e(record.source)} to {e(record.template)}</h3>"]  # fmt: skip
+    dice = record.dice
+    if dice is not None and dice < REGISTRATION_DICE_MIN:
+        parts.append(
+            f'<p class="warn">Dice of the warped brain mask {dice:.3f} is below '
+            f"{REGISTRATION_DICE_MIN:.2f}: check the registration before using outputs in "
+            f"{e(record.template)} space.</p>"
+        )
+    if record.figure:
+        parts.append(
+            f'<figure><img src="{href(record.figure)}" alt="registration of '
+            f'{e(record.source)}"><figcaption>The source brain warped into '
+            f"{e(record.template)} (grey) with the template's brain mask outlined in red, in RAS "
+            "orientation.</figcaption></figure>"
+        )
+    rows: list[tuple[str, Any]] = [
+        ("Dice (warped brain mask vs template mask)", "n/a" if dice is None else f"{dice:.3f}"),
+        ("Settings", e(info.get("Settings", "n/a"))),
+        ("antsRegistration CPU time", _seconds(info.get("CPUTimeSeconds"))),
+        ("antsRegistration wall time", _seconds(info.get("WallTimeSeconds"))),
+        ("Transforms", "<br>".join(f"<code>{e(t)}</code>" for t in info.get("Transforms", []))),
+    ]
+    parts += [table(rows), "</section>"]
+    return "\n".join(parts)
+
+
 def build_subject_report(
     output_dir: str | os.PathLike[str],
     subject: str,
@@ -265,8 +302,9 @@ def build_subject_report(
     source_root = input_dir(root, bids_dir)
     records = collect_subject(root, subject)
     preprocessed = collect_preproc(root, subject)
+    registrations = collect_registrations(root, subject)
     crashes = crash_files(root, subject)
-    sessions = sorted({r.session or "" for r in [*records, *preprocessed]})
+    sessions = sorted({r.session or "" for r in [*records, *preprocessed, *registrations]})
     body = [f"<h1>tumsyn-bids report: sub-{e(subject)}</h1>"]
     if len(sessions) > 1:
         body.append(
@@ -309,6 +347,8 @@ def build_subject_report(
             body.append("<h2>Outputs</h2>")
         for prep in (p for p in preprocessed if (p.session or "") == session):
             body.append(preproc_section(prep))
+        for reg in (r for r in registrations if (r.session or "") == session):
+            body.append(registration_section(reg))
         for record in (r for r in records if (r.session or "") == session):
             body.append(output_section(record, make_figure(root, record, source_root)))
     update_bidsignore(root, REPORT_IGNORE)

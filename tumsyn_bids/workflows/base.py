@@ -446,6 +446,13 @@ def anat_workflow_name(relpath: str) -> str:
     return f"anat_{re.sub(r'[^A-Za-z0-9]', '_', stem)}_wf"
 
 
+def template_workflow_name(relpath: str, template: str) -> str:
+    """``anat_sub_01_T1w_to_MNI152NLin2009aSym_wf``: the registration of one source image to a
+    template (:func:`~tumsyn_bids.workflows.template.init_template_wf`), next to its anat
+    workflow."""
+    return f"{anat_workflow_name(relpath)[: -len('_wf')]}_to_{_safe(template)}_wf"
+
+
 def job_workflows(plan: pd.DataFrame) -> dict[str, tuple[str, str]]:
     """Output path -> (participant/session workflow name, job workflow name) of every planned
     row: the names :func:`init_tumsyn_wf` gives, so a job's nodes can be found in the work dir
@@ -484,6 +491,7 @@ def init_tumsyn_wf(
     request: SynthesisRequest | None = None,
     preproc: PreprocConfig | None = None,
     omp_nthreads: int = 1,
+    output_spaces: Sequence[str] = ("T1w",),
 ) -> LiterateWorkflow:
     """The whole run: one sub-workflow per participant/session, holding an
     :func:`init_anat_wf` per source image (and per T1w named in the plan's ``anat_reference``)
@@ -498,12 +506,26 @@ def init_tumsyn_wf(
     the requested output resolution) words the methods text (:func:`run_desc`,
     :func:`synthesis_desc`); the plan alone decides what runs. Workflow names are
     :func:`job_workflows`' and :func:`anat_workflow_name`'s.
+
+    ``output_spaces`` (``--output-spaces``, e.g. ``("MNI152NLin2009aSym:res-2", "T1w")``;
+    template spaces need preprocessing): every source image is registered to each template
+    (:func:`~tumsyn_bids.workflows.template.init_template_wf`, named
+    ``<anat wf>_to_<template>``) and each job's result is also written in every template space
+    (:func:`~tumsyn_bids.workflows.template.add_output_spaces`). The source grid (``T1w``) is
+    always written.
     """
     import nibabel as nib
 
     from ..preproc.orientation import orientation_record, to_conformed_axes
+    from ..templates.spaces import parse_output_spaces
+    from .template import add_output_spaces, init_template_wf
 
     full = preproc is not None and preproc.full
+    spaces = [s for s in parse_output_spaces(output_spaces) if s.is_template]
+    if spaces and not full:
+        raise ValueError("template output spaces need preprocessing (--preproc full)")
+    templates = list(dict.fromkeys(s.name for s in spaces))
+    template_wfs: dict[tuple[str, str, str], pe.Workflow] = {}
     wf = LiterateWorkflow(name="tumsyn_wf", base_dir=str(work_dir))
     wf.__desc__ = run_desc(request)
     wf.__postdesc__ = "Synthesized images are predictions of a model, not acquired data."
@@ -531,6 +553,24 @@ def init_tumsyn_wf(
             node.inputs.inputnode.source_name = relpath
             sub_wfs[sub_name].add_nodes([node])
             anat_wfs[key] = node
+            for template in templates if source else ():
+                reg = init_template_wf(
+                    template=template,
+                    spaces=[s for s in spaces if s.name == template],
+                    source_suffix=suffix,
+                    output_dir=str(output_dir),
+                    subject=subject,
+                    source_relpath=relpath,
+                    reference_relpath=ref,
+                    name=template_workflow_name(relpath, template),
+                )
+                sub_wfs[sub_name].connect([
+                    (node, reg, [("outputnode.brain_file", "inputnode.brain_file"),
+                                 ("outputnode.mask_file", "inputnode.mask_file"),
+                                 ("outputnode.mask_source", "inputnode.mask_source"),
+                                 ("outputnode.summary", "inputnode.summary")]),
+                ])  # fmt: skip
+                template_wfs[(sub_name, relpath, template)] = reg
         return anat_wfs[key]
 
     for row in planned.itertuples(index=False):
@@ -565,6 +605,22 @@ def init_tumsyn_wf(
             output_resolution=resolution,
             patch_size=patch,
         )
+        if spaces:
+            needs = add_output_spaces(
+                job,
+                spaces,
+                output_dir=str(output_dir),
+                relpath=row.output,
+                source_relpath=row.source,
+                source_suffix=row.source_suffix,
+                target_suffix=row.target_suffix,
+            )
+            for template, nodes in needs.items():
+                reg = template_wfs[(sub_name, row.source, template)]
+                session_wf.connect([
+                    (reg, job, [("outputnode.forward_transform", f"{n}.transform")
+                                for n in nodes]),
+                ])  # fmt: skip
         job.inputs.inputnode.source_file = str(Path(bids_dir) / row.source)
         job.inputs.inputnode.prompt = row.target_prompt
         if not grid.is_identity:

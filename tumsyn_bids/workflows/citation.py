@@ -21,6 +21,7 @@ from ..bids.io import atomic_write_text
 from ..bids.names import CITATION_RELPATH
 from .literate import visit_desc
 from .preproc import REFERENCES as PREPROC_REFERENCES
+from .template import REFERENCES as TEMPLATE_REFERENCES
 
 __all__ = ["INTRO", "REFERENCES", "CitationError", "cite", "citation_text", "write_citation"]
 
@@ -65,6 +66,7 @@ REFERENCES: dict[str, str] = {
         "Computational Biology 13(3):e1005209 (2017). doi:10.1371/journal.pcbi.1005209"
     ),
     **PREPROC_REFERENCES,  # deepbet, N4, ANTs: cited by the preprocessing workflow
+    **TEMPLATE_REFERENCES,  # SyN, TemplateFlow, the MNI 2009 templates: --output-spaces
 }
 
 INTRO = (
