@@ -46,4 +46,5 @@ python -m pip install --quiet -c requirements-pins.txt -e '.[test]'
 tumsyn-templates init --quiet || echo "tumsyn-templates init did not complete (see above)" >&2
 ruff check .
 ruff format --check .
-python -m pytest -q "$@"
+# --durations: the slowest tests are listed, to keep the whole run under ~30 minutes
+python -m pytest -q --durations=25 "$@"
