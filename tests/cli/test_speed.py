@@ -92,7 +92,7 @@ def test_synth_reference_preset_is_the_old_reference_flag_bit_for_bit(tmp_path):
 
 def test_methods_text_names_what_fast_changes():
     from tumsyn_bids.config import PreprocConfig
-    from tumsyn_bids.workflows.base import synthesis_desc
+    from tumsyn_bids.workflows.synthesis import synthesis_desc
 
     config = InferenceConfig("c", "t", speed="fast")
     masked = PreprocConfig()  # --preproc full, output masked: synthesis is given the brain mask

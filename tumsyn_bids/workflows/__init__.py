@@ -2,8 +2,9 @@
 
 from ..config import InferenceConfig
 from .anat import init_anat_wf
-from .base import init_job_wf, init_synthesis_wf, init_tumsyn_wf
+from .base import init_tumsyn_wf
 from .preproc import init_preproc_wf
+from .synthesis import init_job_wf, init_synthesis_wf
 from .template import add_output_spaces, init_template_wf
 
 __all__ = [
