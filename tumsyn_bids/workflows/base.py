@@ -4,8 +4,8 @@
 is checked and preprocessed once (:func:`tumsyn_bids.workflows.anat.init_anat_wf`), and each
 planned job is a chain ``synthesize -> mask -> back to the source grid -> postprocess -> sink``
 reading that source's outputs (:func:`~tumsyn_bids.workflows.synthesis.init_job_wf`). The
-synthesis node is a GPU node (``use_gpu``), so MultiProc runs at most ``n_gpu_procs`` of them at once while the CPU nodes of
-other participants proceed. Other pipelines can embed
+synthesis node is a GPU node (``use_gpu``), so MultiProc runs at most ``n_gpu_procs`` of them
+at once while the CPU nodes of other participants proceed. Other pipelines can embed
 :func:`~tumsyn_bids.workflows.synthesis.init_synthesis_wf` (one image, no preprocessing).
 Every setting comes from one :class:`~tumsyn_bids.config.InferenceConfig`; every output grid
 from the plan's :class:`~tumsyn_bids.model.grid.OutputGrid`.
