@@ -91,7 +91,7 @@ def test_reports_only_rebuilds_without_the_model(run, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("--reports-only must not touch the model")
 
-    monkeypatch.setattr("tumsyn_bids.cli.parser._weights", no_model)
+    monkeypatch.setattr("tumsyn_bids.cli.resolve._weights", no_model)
     monkeypatch.setattr("tumsyn_bids.cli.run.run_plan", no_model)
     code = main([str(bids), str(out), "participant", "--reports-only", "--skip-bids-validation",
                  "--participant-label", "01", "--target", "T2w",
