@@ -292,7 +292,7 @@ def whole_head(args, device: torch.device) -> dict:
     norm = percentile_normalise(volume)
 
     # one untouched plain copy for the authors' loop; the presets share one converted copy
-    # (reference mode never runs the fused network) and one synthesizer per precision
+    # and one synthesizer per precision
     plain = copy.deepcopy(net).to(device).eval()
     engine_net = copy.deepcopy(net)
     synths, built = {}, {}
