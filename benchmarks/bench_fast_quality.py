@@ -84,7 +84,7 @@ def sweep(args) -> dict:
     synth.synthesize(volume[:side, :side, :side], PROMPT, settings(0.0, 0.5))  # warm-up
     load_before = os.getloadavg()
 
-    def run(fg: float, overlap: float) -> tuple[np.ndarray, dict]:
+    def run(fg: float, overlap: float, against: np.ndarray | None = None) -> tuple:
         t = time.perf_counter()
         out = synth.synthesize(volume, PROMPT, settings(fg, overlap), mask=brain)
         seconds = time.perf_counter() - t
@@ -97,17 +97,15 @@ def sweep(args) -> dict:
             "patches_computed": stats.computed,
             "points_decoded": int(stats.decoded),
         }
-        print(json.dumps(row), flush=True)
+        if against is not None:
+            row["speedup_vs_default"] = round(default_row["seconds"] / seconds, 3)
+            row["psnr_vs_default"] = round(psnr_against(out, against, brain), 2)
+            row["max_abs_diff_in_brain"] = float(np.abs(out - against)[brain].max())
+        print(json.dumps(row), flush=True)  # as it comes: a long sweep can be cut short
         return out, row
 
     default, default_row = run(0.0, args.overlap)
-    rows = []
-    for fg, overlap in args.settings:
-        out, row = run(fg, overlap)
-        row["speedup_vs_default"] = round(default_row["seconds"] / row["seconds"], 3)
-        row["psnr_vs_default"] = round(psnr_against(out, default, brain), 2)
-        row["max_abs_diff_in_brain"] = float(np.abs(out - default)[brain].max())
-        rows.append(row)
+    rows = [run(fg, overlap, default)[1] for fg, overlap in args.settings]
     load_after = os.getloadavg()
     return {
         "case": "fast-quality",
