@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# As the tumsyn commands do (tumsyn_bids/cli/__init__.py): before torch (and its OpenMP runtime) loads.
+# As the tumsyn commands do (tumsyn_bids/cli/__init__.py): before torch (and OpenMP) loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
