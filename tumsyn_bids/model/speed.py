@@ -25,7 +25,8 @@ to each call (:meth:`SpeedPreset.engine_options`).
     than :data:`FAST_MIN_FOREGROUND` of mask voxels are skipped as long as every mask voxel stays
     covered by a computed patch (the voxels they cover are then averaged over fewer patches),
     and bf16 autocast on CUDA. Its cost, measured as PSNR against ``default`` inside the brain
-    on a simulated 1 mm head, is in ``docs/speed.md`` (at least 40 dB for every model measured).
+    on simulated heads, is in ``docs/speed.md``: 43 dB on the demo model, but 23 dB on a
+    published-size model with random weights (below the issue's 40 dB; open).
     Without a mask on the CPU it is ``default``.
 
 Nothing here imports torch.
