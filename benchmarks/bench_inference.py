@@ -44,7 +44,7 @@ import time
 from itertools import product
 from pathlib import Path
 
-# As the tumsyn commands do (cli/parsing.py): before torch (and its OpenMP runtime) loads.
+# As the tumsyn commands do (tumsyn_bids/cli/__init__.py): before torch (and OpenMP) loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
@@ -292,7 +292,7 @@ def whole_head(args, device: torch.device) -> dict:
     norm = percentile_normalise(volume)
 
     # one untouched plain copy for the authors' loop; the presets share one converted copy
-    # (reference mode never runs the fused network) and one synthesizer per precision
+    # and one synthesizer per precision
     plain = copy.deepcopy(net).to(device).eval()
     engine_net = copy.deepcopy(net)
     synths, built = {}, {}
@@ -428,7 +428,9 @@ def random_volume(args, device: torch.device) -> dict:
     # (channels-last memory format).
     plain = copy.deepcopy(net).to(device)
     layout = {"auto": None, "channels-last": True, "contiguous": False}[args.memory_format]
-    synth = Synthesizer(net, text_encoder, device, args.precision, channels_last=layout)
+    synth = Synthesizer(
+        net, text_encoder, device, args.precision, channels_last=layout, fused=args.fused
+    )
     text = synth.embed(PROMPT)
 
     rng = np.random.default_rng(0)
@@ -472,6 +474,9 @@ def random_volume(args, device: torch.device) -> dict:
         "patches": n_patches,
         "batch_size": batch,
         "precision": args.precision,
+        "fused": args.fused,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average": round(os.getloadavg()[0], 2),
         "memory_format": str(synth.memory_format),
         "gflop_per_patch": round(flops / 1e9, 2),
         "authors_loop_s": None if t_ref is None else round(t_ref, 3),
@@ -513,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "channels-last", "contiguous"],
         default="auto",
         help="engine tensor layout (auto: channels-last on CPU only)",
+    )
+    p.add_argument(
+        "--fused", action="store_true", help="random volume: the engine runs the fused network"
     )
     p.add_argument(
         "--skip-baseline", action="store_true", help="time only the engine (e.g. to sweep settings)"

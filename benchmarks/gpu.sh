@@ -21,7 +21,9 @@
 # template, and the published-size model has random weights. PYTHON selects the interpreter
 # (default: .venv/bin/python if present, else python3). HEAD_MM sets the head's voxel size.
 # SMOKE=1 runs the same steps on the CPU with small models (tiny, mid at 16^3, 4 mm heads), to
-# check the script itself on a machine without a GPU; its figures mean nothing.
+# check the script itself on a machine without a GPU; its figures mean nothing, and its time
+# limits are LIMIT_SCALE (default 6 with SMOKE=1, else 1) times the GPU's: two `tumsyn`
+# participants with preprocessing took 351 s on 2 CPU cores at load average 8.
 #
 # Time (estimated from FLOP counts; one modern GPU, e.g. an H100 or H200): a 60^3 patch of the
 # published model is 48 TFLOP (41.8 encoder + fusion, 6.2 decoder). float32 without TF32 runs
@@ -37,7 +39,9 @@ HEAD_MM=${HEAD_MM:-1.5}
 DEVICE=cuda SIZE=published NET=(--model published --patch 60 --repeats 3) DATA_MM=2
 if [ "${SMOKE:-0}" = 1 ]; then
     DEVICE=cpu SIZE=tiny HEAD_MM=4 NET=(--model mid --patch 16 --repeats 1) DATA_MM=4
+    LIMIT_SCALE=${LIMIT_SCALE:-6}
 fi
+LIMIT_SCALE=${LIMIT_SCALE:-1}
 mkdir -p "$OUT"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
@@ -48,7 +52,7 @@ failed=()
 started=$SECONDS
 
 step() {  # step NAME LIMIT_S COMMAND... : run with a time limit, log to $OUT/NAME.log
-    local name=$1 limit=$2
+    local name=$1 limit=$(($2 * LIMIT_SCALE))
     shift 2
     local start=$SECONDS
     echo "== $name (limit ${limit}s)"

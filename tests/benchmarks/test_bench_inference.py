@@ -64,3 +64,26 @@ def test_memory_of_one_pass_on_the_meta_device(tmp_path):
         assert rows[net, 24, 1] < rows[net, 24, 2]  # ... and with the batch
     # the plain network keeps the feed-forward's 4C-wide tensors whole, the fused one in slabs
     assert rows["fused", 24, 2] < rows["plain", 24, 2]
+
+
+@pytest.mark.slow
+def test_fast_quality_sweep_reports_each_setting_against_default(tmp_path):
+    out = tmp_path / "sweep.json"
+    argv = ["--size", "tiny", "--voxel-size", "4", "--threads", "1", "--head-dir",
+            str(tmp_path / "head"), "--settings", "0.1:0.5", "0:0.25",
+            "--json", str(out)]  # fmt: skip
+    assert _module("bench_fast_quality").main(argv) == 0
+    report = json.loads(out.read_text())
+    default = report["default"]
+    assert (default["min_foreground"], default["overlap"]) == (0.0, 0.5)
+    assert 0 < default["patches_computed"] < default["patches_planned"]  # brain only
+    fast, sparse = report["settings"]
+    assert (fast["min_foreground"], sparse["overlap"]) == (0.1, 0.25)
+    assert fast["patches_planned"] == default["patches_planned"]
+    assert fast["patches_computed"] < default["patches_computed"]
+    assert sparse["patches_planned"] < default["patches_planned"]  # a larger gap
+    for row in (fast, sparse):
+        assert 0 < row["psnr_vs_default"] < 200 and row["max_abs_diff_in_brain"] > 0
+        assert row["speedup_vs_default"] > 0
+    with pytest.raises(SystemExit):
+        _module("bench_fast_quality").main(["--settings", "0.1"])  # not MIN_FOREGROUND:OVERLAP

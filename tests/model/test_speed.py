@@ -27,14 +27,19 @@ def volume():
 
 @pytest.fixture(scope="module")
 def synthesizers():
-    """The small reference checkpoints, as each preset builds them (plain and fused)."""
+    """The small reference checkpoints, as each preset builds them (all fused), and the
+    network as loaded (``"plain"``)."""
 
     def build(name: str) -> Synthesizer:
         net = load_synthesis(SMALL / "synthesis.pth").model
         text = load_text_encoder(SMALL / "text_encoder.pt", heads=fixture_heads(SMALL)).model
         return Synthesizer(net, text, "cpu", **preset(name).synthesizer_options("cpu"))
 
-    return {name: build(name) for name in SPEEDS}
+    built = {name: build(name) for name in SPEEDS}
+    net = load_synthesis(SMALL / "synthesis.pth").model
+    text = load_text_encoder(SMALL / "text_encoder.pt", heads=fixture_heads(SMALL)).model
+    built["plain"] = Synthesizer(net, text, "cpu")  # the network as loaded
+    return built
 
 
 def _brain(shape: tuple[int, int, int], centre: float = 0.4, radius: float = 0.25) -> np.ndarray:
@@ -49,7 +54,7 @@ def _brain(shape: tuple[int, int, int], centre: float = 0.4, radius: float = 0.2
 def test_presets_are_what_the_docs_say():
     assert SPEEDS == ("reference", "default", "fast")
     ref, default, fast = (PRESETS[s] for s in SPEEDS)
-    assert (ref.reference, ref.fused, ref.min_foreground) == (True, False, 0.0)
+    assert (ref.reference, ref.fused, ref.min_foreground) == (True, True, 0.0)
     assert (default.reference, default.fused, default.min_foreground) == (False, True, 0.0)
     assert (fast.reference, fast.fused, fast.min_foreground) == (False, True, FAST_MIN_FOREGROUND)
     assert preset(None) is default
@@ -69,18 +74,21 @@ def test_presets_are_what_the_docs_say():
     assert default.engine_options()["decode_outside_mask"] is True
 
 
-def test_reference_preset_is_todays_reference_mode_bit_for_bit(synthesizers, volume):
-    """--speed reference builds the plain network and runs reference mode: the same numbers as
-    PatchSettings(reference=True) on the plain network, and a mask changes nothing."""
+def test_reference_preset_is_reference_mode_on_the_fused_copy(synthesizers, volume):
+    """--speed reference runs reference mode (the authors' placement, every patch) on the fused
+    copy: the network as loaded in reference mode to float32 rounding, and a mask changes
+    nothing."""
     prompt = "Age: 16; Gender: F; Modality: T2w"
     ref = synthesizers["reference"]
-    assert ref.fused_network is None
-    plain = synthesizers["default"]  # its .network is the plain network too
+    assert ref.fused_network is not None
     settings = PatchSettings((10, 10, 10), **preset("reference").engine_options(True))
     got = ref.synthesize(volume, prompt, settings, mask=_brain(volume.shape))
     assert ref.last_stats.skipped == 0  # the authors' loop computes every patch
-    today = plain.synthesize(volume, prompt, PatchSettings((10, 10, 10), reference=True))
-    assert np.array_equal(got, today)
+    assert np.array_equal(got, ref.synthesize(volume, prompt, settings))
+    plain = synthesizers["plain"].synthesize(
+        volume, prompt, PatchSettings((10, 10, 10), reference=True)
+    )
+    assert np.abs(got - plain).max() <= 1e-5
 
 
 def test_default_preset_equals_the_plain_path_inside_the_brain(synthesizers, volume):
@@ -88,7 +96,7 @@ def test_default_preset_equals_the_plain_path_inside_the_brain(synthesizers, vol
     1e-4 inside the brain against the plain network on every patch and every voxel."""
     prompt = "Age: 16; Gender: F; Modality: T2w"
     brain = _brain(volume.shape)
-    plain = synthesizers["reference"].synthesize(volume, prompt, PatchSettings((8, 8, 8)))
+    plain = synthesizers["plain"].synthesize(volume, prompt, PatchSettings((8, 8, 8)))
     default = synthesizers["default"]
     settings = PatchSettings((8, 8, 8), **preset("default").engine_options(masked_output=True))
     got = default.synthesize(volume, prompt, settings, mask=brain)

@@ -143,14 +143,12 @@ def _masking_desc(inference: InferenceConfig, preproc: PreprocConfig, resampled:
 
 def _speed_desc(speed: str | None, brain_mask: bool) -> str:
     """The sentences of the methods paragraph that the ``--speed`` preset adds."""
-    if speed == "reference":
-        return ""
     text = (
         "The network was run as an inference-only copy with its batch normalization layers "
         "folded into the preceding convolutions, which computes the same function up to "
         "floating-point rounding. "
     )
-    if not brain_mask:
+    if speed == "reference" or not brain_mask:
         return text
     text += "Patches without any brain-mask voxel, which do not contribute inside the brain, "
     if speed == "fast":
