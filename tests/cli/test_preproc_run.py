@@ -129,7 +129,10 @@ def test_heads_through_the_app(heads_run):
     assert not (out / "sub-01/anat/sub-01_desc-preproc_T1w.nii.gz").exists()
     citation = (out / "logs" / "CITATION.md").read_text()
     assert "Each FLAIR source image was reoriented to the RAS+ axis order" in citation
-    assert "Patches containing no voxel of the brain mask were not computed" in citation
+    assert (
+        "Patches without any brain-mask voxel, which do not contribute inside the brain, "
+        "were not computed" in citation
+    )
     plan = read_run_plans(out)
     assert list(plan["anat_reference"]) == ["sub-01/anat/sub-01_T1w.nii.gz", "n/a"]
     assert tree_digest(bids) == before  # the input dataset is never written to
