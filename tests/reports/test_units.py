@@ -117,3 +117,11 @@ def test_preprocessing_figures_and_section(tmp_path):
     PreprocReport(**common).run(cwd=str(tmp_path / "n2"))  # --no-inu
     assert not (figures / f"{stem}_inu.png").exists()
     assert f"figures/{stem}_inu.png" not in build_subject_report(out, "02").read_text()
+
+
+def test_inference_settings_show_nested_records_readably():
+    from tumsyn_bids.reports.html import _inference
+
+    text = _inference({"Patches": {"Computed": 644, "Skipped": 346}, "Overlap": 0.5})
+    assert text == "Overlap = 0.5, Patches = (Computed: 644, Skipped: 346)"
+    assert "{" not in text
