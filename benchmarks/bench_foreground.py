@@ -3,11 +3,15 @@
 A simulated head (``tumsyn-simulate --with-head``, one subject, T1w) is preprocessed with the
 app's own nodes (``init_anat_wf``: conform, deepbet, N4, brain extraction); its brain-extracted
 image is then synthesized twice with the bundled demo model (20-voxel patches, overlap 0.5, two
-patches per pass, the app's defaults for it): with the brain mask as the foreground (patches
-holding no brain voxel are skipped) and without. Reported: patch counts, wall and CPU seconds
-of both runs after a warm-up call (CPU: all threads of this process), their ratio, the largest
-difference inside the brain mask between the two outputs, and the patch counts the authors'
-60-voxel patches would give on the same image.
+patches per pass, the app's defaults for it) and the engine settings of a ``--speed`` preset
+(``default`` unless ``--speed`` says otherwise; ``reference`` skips nothing): ``foreground``,
+as the app runs by default (the brain mask as the foreground: patches holding no brain voxel
+are skipped, and as the output is masked afterwards only output voxels next to the mask are
+decoded), and ``all``, as with ``--no-mask-output`` (every patch, every voxel). Reported:
+patch counts, wall and CPU seconds of both runs after a warm-up call (CPU: all threads of this
+process), their ratio, the largest difference inside the brain mask between the two outputs,
+and the patch counts that 20-, 32- and 60-voxel patches (the authors' demo setting) give on the
+same image.
 
     python benchmarks/bench_foreground.py --voxel-size 1 --threads 2 > foreground.json
 """
@@ -73,6 +77,7 @@ def main() -> None:
     p.add_argument("--voxel-size", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--speed", default="default", choices=("reference", "default", "fast"))
     p.add_argument(
         "--repeats",
         type=int,
@@ -85,6 +90,7 @@ def main() -> None:
 
     from tumsyn_bids.model import Synthesizer, load_synthesis, load_text_encoder
     from tumsyn_bids.model.bundled import demo_weights
+    from tumsyn_bids.model.speed import preset
     from tumsyn_bids.model.volume import load_volume, synthesize_nifti, to_model_order
     from tumsyn_bids.simulate import write_simulated_dataset
 
@@ -97,9 +103,11 @@ def main() -> None:
         )  # fmt: skip
         brain, mask_file = _preprocess(dataset, tmp / "work", args.threads)
         checkpoint, text_encoder = demo_weights()
+        speed = preset(args.speed)
         synth = Synthesizer(
-            load_synthesis(checkpoint).model, load_text_encoder(text_encoder).model, device="cpu"
-        )
+            load_synthesis(checkpoint).model, load_text_encoder(text_encoder).model,
+            device="cpu", **speed.synthesizer_options("cpu"),
+        )  # fmt: skip
         volume = load_volume(brain)
         mask = np.asarray(nib.load(mask_file).dataobj) > 0
         prompt = (
@@ -109,14 +117,18 @@ def main() -> None:
         )
         settings = {"patch_size": (20, 20, 20), "overlap": 0.5, "batch_size": 2}
         # warm-up: the first call pays for oneDNN's kernel selection and the prompt embedding
-        synthesize_nifti(synth, volume, prompt, **settings, mask=_corner(mask))
+        options = {
+            "foreground": {"mask": mask, **speed.engine_options(masked_output=True)},
+            "all": {"mask": None, **speed.engine_options(masked_output=False)},
+        }
+        synthesize_nifti(synth, volume, prompt, **settings, **options["foreground"] | {
+            "mask": _corner(mask)})  # fmt: skip
         runs = {"foreground": [], "all": []}
         images = {}
         order = (["all", "foreground", "foreground", "all"] * args.repeats)[: 2 * args.repeats]
         for name in order:
-            foreground = mask if name == "foreground" else None
             (img, _), wall, cpu = _timed(
-                synthesize_nifti, synth, volume, prompt, **settings, mask=foreground
+                synthesize_nifti, synth, volume, prompt, **settings, **options[name]
             )
             images[name] = np.asarray(img.dataobj)
             runs[name].append({"patches": vars(synth.last_stats), "wall_s": wall, "cpu_s": cpu})
@@ -128,6 +140,7 @@ def main() -> None:
             json.dumps(
                 {
                     "voxel_size": args.voxel_size,
+                    "speed": args.speed,
                     "shape": list(volume.shape_ijk),
                     "brain_voxels": int(mask.sum()),
                     "threads": args.threads,
@@ -135,8 +148,10 @@ def main() -> None:
                     "cpu_ratio": round(cpu["foreground"] / cpu["all"], 3),
                     "wall_ratio": round(wall["foreground"] / wall["all"], 3),
                     "max_abs_difference_inside_mask": diff,
-                    "patches_60": _count(volume.data.shape, model_mask, 60),
-                    "patches_20": _count(volume.data.shape, model_mask, 20),
+                    **{
+                        f"patches_{n}": _count(volume.data.shape, model_mask, n)
+                        for n in (20, 32, 60)
+                    },  # fmt: skip
                     "load_average": os.getloadavg()[0],
                 }
             )

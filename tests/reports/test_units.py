@@ -131,3 +131,11 @@ def test_registration_outliers_absolute_and_relative():
     assert list(flags) == ["no", "no", "no", "no", "yes", "no"]
     # fewer than 3 values: only the absolute bound
     assert list(registration_outliers(pd.Series([0.95, 0.91]))) == ["no", "no"]
+
+
+def test_inference_settings_show_nested_records_readably():
+    from tumsyn_bids.reports.html import _inference
+
+    text = _inference({"Patches": {"Computed": 644, "Skipped": 346}, "Overlap": 0.5})
+    assert text == "Overlap = 0.5, Patches = (Computed: 644, Skipped: 346)"
+    assert "{" not in text

@@ -53,11 +53,15 @@ def score_outputs(
     output_dir: str | Path,
     dataset_dir: str | Path,
     outputs: Iterable[str],
+    within: np.ndarray | None = None,
 ) -> dict[str, float]:
     """PSNR (dB) inside the true brain of each synthesized image ``outputs`` (paths relative to
     ``output_dir``), against the noise-free image of the protocol its sidecar states
-    (``TargetProtocol``), for the subject and session its name says. Raises
-    ``FileNotFoundError`` for a missing output or sidecar."""
+    (``TargetProtocol``), for the subject and session its name says. ``within`` (a boolean
+    array on the subject's grid, i, j, k) scores only the true-brain voxels it holds, after the
+    same normalisation (e.g. those inside an estimated brain mask too). Raises
+    ``FileNotFoundError`` for a missing output or sidecar, ``ValueError`` for an output or
+    ``within`` on another grid."""
     from ..bids.names import parse_filename
 
     scores = {}
@@ -75,9 +79,14 @@ def score_outputs(
         image = np.asarray(nib.load(path).dataobj, dtype=np.float64)
         if image.shape != mask.shape:
             raise ValueError(f"{rel} is not on the grid of its simulated subject {mask.shape}")
+        scored = mask
+        if within is not None:
+            if np.shape(within) != mask.shape:
+                raise ValueError(f"the voxels to score are not on the grid of {rel} {mask.shape}")
+            scored = mask & np.asarray(within, dtype=bool)
         scores[rel] = psnr(
             percentile_normalise(np.where(mask, image, 0.0)),
             percentile_normalise(np.where(mask, truth, 0.0)),
-            mask,
+            scored,
         )
     return scores

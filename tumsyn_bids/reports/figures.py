@@ -102,7 +102,9 @@ def compare_figure(
 
     source = _Volume(source_file)
     synth = _Volume(synthesized_file)
-    points = slice_positions(source, n_slices)
+    # slices over what was synthesized: with preprocessing that is the brain, not the whole head
+    # of the source, so no panel of the synthesized row is empty
+    points = slice_positions(synth, n_slices)
     rows = [(view, axis, vol, label) for view, axis in VIEWS for vol, label in
             ((source, source_label), (synth, synthesized_label))]  # fmt: skip
     fig = Figure(figsize=(2.0 * n_slices + 1.2, 2.0 * len(rows)), facecolor="black")
@@ -198,6 +200,8 @@ def mask_figure(
         raise ValueError(f"{mask_file} is not on the grid of {image_file}")
     inside = mask.data > 0.5
     mask.mask = inside
+    if inside.any():  # window on the brain: bright scalp and fat would make it dark
+        image.window = robust_window(image.data, inside)
 
     def outline(ax, axis, index, aspect):
         plane = np.take(inside, index, axis=axis).T.astype(np.float32)
@@ -217,15 +221,24 @@ def bias_figure(
     n_slices: int = N_SLICES,
     dpi: int = 72,
 ) -> Path:
-    """N4's multiplicative bias field in colour over the image's head (Otsu mask), with a
-    colour bar; the colour range is the field's 1st-99th percentile inside the head. Image and
-    field must share a grid (``ValueError`` otherwise). Returns the PNG's path."""
+    """N4's multiplicative bias field in colour over the image's head, with a colour bar.
+
+    The head is the image's Otsu mask with its holes filled (dark CSF inside the brain is
+    head too). N4's field has an arbitrary overall scale, so it is shown divided by its median
+    inside the head (1 = the median); the colour range is its 1st-99th percentile there.
+    Image and field must share a grid (``ValueError`` otherwise). Returns the PNG's path."""
+    from scipy.ndimage import binary_fill_holes
+
     image = _Volume(image_file)
     bias = _Volume(bias_file)
     if bias.data.shape != image.data.shape or not np.allclose(bias.affine, image.affine, atol=1e-4):
         raise ValueError(f"{bias_file} is not on the grid of {image_file}")
-    head = image.mask
+    head = binary_fill_holes(image.mask)
     values = bias.data[head] if head.any() else bias.data.ravel()
+    median = float(np.median(values))
+    if median > 0:
+        bias.data = bias.data / np.float32(median)
+        values = values / median
     low, high = (float(v) for v in np.percentile(values, (1, 99)))
     if high <= low:
         low, high = low - 0.01, high + 0.01
@@ -237,5 +250,5 @@ def bias_figure(
                          aspect=aspect, alpha=0.7, interpolation="nearest")  # fmt: skip
 
     points = slice_positions(image, n_slices)
-    colorbar = ("multiplicative field",)
+    colorbar = ("field / its median in the head",)
     return _views_figure(image, field, points, out_file, label, dpi, colorbar)

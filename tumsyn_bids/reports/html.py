@@ -156,7 +156,14 @@ def _protocol(protocol: dict[str, Any]) -> str:
 
 
 def _inference(inference: dict[str, Any]) -> str:
-    return ", ".join(f"{e(k)} = {e(v)}" for k, v in sorted(inference.items())) or "n/a"
+    """``key = value`` pairs; nested records (``Patches``) as ``key: value`` lists, not reprs."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "(" + ", ".join(f"{e(k)}: {e(_number(x))}" for k, x in v.items()) + ")"
+        return e(_number(v))
+
+    return ", ".join(f"{e(k)} = {value(v)}" for k, v in sorted(inference.items())) or "n/a"
 
 
 def _seconds(value: float | None) -> str:
@@ -231,8 +238,8 @@ def preproc_section(record: PreprocRecord) -> str:
     captions = {
         "brainmask": "Brain mask (red outline) over the INU-corrected source, in RAS "
         "orientation; slices spread over the mask's extent.",
-        "inu": "N4's multiplicative bias field over the head (the corrected image is the source "
-        "divided by it).",
+        "inu": "N4's multiplicative bias field over the head, divided by its median there (the "
+        "corrected image is the source divided by the field).",
     }
     for kind in ("brainmask", "inu"):
         if kind in record.figures:
