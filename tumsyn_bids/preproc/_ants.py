@@ -10,10 +10,12 @@ not depend on the machine.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
 import nibabel as nib
@@ -47,21 +49,50 @@ def to_ants(img: nib.spatialimages.SpatialImage, data: np.ndarray | None = None)
     return ants.from_nibabel_nifti(plain)
 
 
-def _call_single_threaded(fn: Callable[..., T], args: tuple) -> T:
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
-    os.environ["ANTS_RANDOM_SEED"] = str(ANTS_SEED)
-    return fn(*args)
+def _child() -> None:
+    """Entry point of :func:`single_threaded`'s child: ``argv[1]`` holds the pickled call,
+    ``argv[2]`` receives the pickled ``(ok, result or exception)``."""
+    with open(sys.argv[1], "rb") as f:
+        fn, args = pickle.load(f)
+    try:
+        outcome = (True, fn(*args))
+    except Exception as exc:  # handed back to the parent, which raises it
+        outcome = (False, exc)
+    with open(sys.argv[2], "wb") as f:
+        pickle.dump(outcome, f)
 
 
 def single_threaded(fn: Callable[..., T], *args) -> T:
-    """``fn(*args)`` in a fresh process with one ITK thread and ANTs' fixed seed; its result.
+    """``fn(*args)`` in a fresh Python process with one ITK thread and ANTs' fixed seed; its
+    result (an exception raised there is raised here).
 
     ANTs' results depend on the thread count (N4 differs between 1 and 2 threads; with more than
     one, antsRegistration differs from run to run), and ITK reads its thread count only once
-    per process, at first use. A spawned child with ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``
-    gives the same bytes on every run and machine. ``fn`` must be a module-level function and
-    ``args`` picklable (numpy arrays, not file-backed images).
+    per process, at first use. A fresh interpreter with ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``
+    gives the same bytes on every run and machine. It is started with ``python -c``, not by
+    multiprocessing's spawn or fork server, which import the parent's ``__main__`` again (a
+    nipype SLURM job script has no ``__main__`` guard, so its child re-ran the node). ``fn``
+    must be a module-level function and ``args`` picklable (numpy arrays, not file-backed
+    images). Raises ``RuntimeError`` naming the exit status when the child dies.
     """
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(_call_single_threaded, fn, args).result()
+    env = dict(
+        os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1", ANTS_RANDOM_SEED=str(ANTS_SEED)
+    )
+    code = "from tumsyn_bids.preproc._ants import _child; _child()"
+    with tempfile.TemporaryDirectory(prefix="tumsyn-ants-") as tmp:
+        call, result = os.path.join(tmp, "call.pkl"), os.path.join(tmp, "result.pkl")
+        with open(call, "wb") as f:
+            pickle.dump((fn, args), f)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, call, result], env=env, capture_output=True, text=True
+        )
+        if proc.returncode != 0 or not os.path.exists(result):
+            tail = " ".join(proc.stderr.strip().splitlines()[-3:])
+            raise RuntimeError(
+                f"ANTs child process for {fn.__name__} exited with status {proc.returncode}: {tail}"
+            )
+        with open(result, "rb") as f:
+            ok, value = pickle.load(f)
+    if not ok:
+        raise value
+    return value
