@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,12 +36,10 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import (  # noqa: E402
-    PATCH,
     PROMPT,
     SIZES,
-    build_model,
+    head_case,
     psnr_against,
-    simulated_head,
 )
 
 from tumsyn_bids.model import PatchSettings, Synthesizer  # noqa: E402
@@ -62,17 +59,7 @@ def parse_setting(text: str) -> tuple[float, float]:
 
 
 def sweep(args) -> dict:
-    net, text_encoder, model_name = build_model(args)
-    net.eval()
-    side = args.patch or PATCH["demo" if args.size == "demo" and not args.checkpoint else args.size]
-    crop = (side,) * 3
-    if args.batch_size is None:
-        from tumsyn_bids.cli.parsing import default_batch_size
-
-        args.batch_size = default_batch_size(crop)
-    head_dir = Path(args.head_dir) if args.head_dir else None
-    with tempfile.TemporaryDirectory() as tmp:
-        volume, brain = simulated_head(args.voxel_size, head_dir or Path(tmp) / "head")
+    net, text_encoder, model_name, side, crop, volume, brain = head_case(args)
     device = torch.device("cpu")
     synth = Synthesizer(net, text_encoder, device, "fp32", fused=True)
     base = preset("default").engine_options(masked_output=True)

@@ -277,7 +277,10 @@ def psnr_against(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
     return psnr(out / peak, ref / peak, mask)
 
 
-def whole_head(args, device: torch.device) -> dict:
+def head_case(args) -> tuple:
+    """The model, patch and simulated head of a whole-head run (shared with
+    bench_fast_quality.py): ``(net, text_encoder, model_name, side, crop, volume, brain)``;
+    sets ``args.batch_size`` to the default for the patch when it is None."""
     net, text_encoder, model_name = build_model(args)
     net.eval()
     side = args.patch or PATCH["demo" if args.size == "demo" and not args.checkpoint else args.size]
@@ -289,6 +292,11 @@ def whole_head(args, device: torch.device) -> dict:
     head_dir = Path(args.head_dir) if args.head_dir else None
     with tempfile.TemporaryDirectory() as tmp:
         volume, brain = simulated_head(args.voxel_size, head_dir or Path(tmp) / "head")
+    return net, text_encoder, model_name, side, crop, volume, brain
+
+
+def whole_head(args, device: torch.device) -> dict:
+    net, text_encoder, model_name, side, crop, volume, brain = head_case(args)
     norm = percentile_normalise(volume)
 
     # one untouched plain copy for the authors' loop; the presets share one converted copy
