@@ -32,7 +32,6 @@ factorised decoder does fewer, so its figure is an effective rate.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -63,6 +62,7 @@ from tumsyn_bids.model import (  # noqa: E402
     percentile_normalise,
 )
 from tumsyn_bids.model.inference import (  # noqa: E402
+    exact_float32,
     make_coord,
     plan_patches,
     select_patches,
@@ -110,21 +110,6 @@ def authors_loop(net, volume, text, crop, coord, overlap, device):
             pred[oz : oz + coord[0], oy : oy + coord[1], ox : ox + coord[2]] += p
             count[oz : oz + coord[0], oy : oy + coord[1], ox : ox + coord[2]] += 1
     return pred / count
-
-
-@contextlib.contextmanager
-def no_tf32(device: torch.device):
-    """float32 arithmetic on CUDA for the authors' loop, as the engine's float32 runs have it
-    (PyTorch's default lets cuDNN convolutions use TF32, a 10-bit mantissa)."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def matmul_gflops(device, n=2048, repeats=10, dtype=torch.float32):
@@ -333,7 +318,7 @@ def whole_head(args, device: torch.device) -> dict:
     for name, synth in synths.items():
         synth.synthesize(warm, PROMPT, settings[name])
     if "authors" in args.modes:
-        with no_tf32(device):
+        with exact_float32(device):
             authors_loop(plain, percentile_normalise(warm), text, crop, crop, args.overlap, device)
     _sync(device)
 
@@ -343,7 +328,7 @@ def whole_head(args, device: torch.device) -> dict:
         with PeakMemory(device) as memory:
             t = time.perf_counter()
             if name == "authors":
-                with no_tf32(device):
+                with exact_float32(device):
                     out = authors_loop(plain, norm, text, crop, crop, args.overlap, device)
                 computed, skipped, decoded = planned, 0, planned * side**3
             else:

@@ -257,6 +257,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+@contextmanager
+def exact_float32(device: torch.device, exact: bool = True):
+    """With ``exact`` on a CUDA ``device``, forbid TF32 inside the block so float32 results
+    stay at float32 accuracy (PyTorch lets cuDNN convolutions use TF32 by default: a 10-bit
+    mantissa); elsewhere it does nothing."""
+    if not (exact and torch.device(device).type == "cuda"):
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class Synthesizer:
     """A loaded text encoder + synthesis network on one device, ready to synthesize volumes.
 
@@ -312,20 +328,6 @@ class Synthesizer:
     def _autocast(self, reference: bool):
         enabled = self.precision == "bf16" and not reference
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-    @contextmanager
-    def _exact_float32(self, exact: bool):
-        """With ``exact`` on CUDA, forbid TF32 so results stay at float32 accuracy (PyTorch
-        lets cuDNN convolutions use TF32 by default: a 10-bit mantissa)."""
-        if not (exact and self.device.type == "cuda"):
-            yield
-            return
-        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
     @torch.inference_mode()
     def synthesize(
@@ -415,7 +417,7 @@ class Synthesizer:
         bar = tqdm(total=len(todo), desc="synthesis", unit="patch", disable=not progress)
         # float32 runs (reference, and default/fast without bf16) stay exact: no TF32
         exact = settings.reference or self.precision == "fp32"
-        with self._autocast(settings.reference), self._exact_float32(exact):
+        with self._autocast(settings.reference), exact_float32(self.device, exact):
             for batch in _batches(todo, settings.batch_size):
                 crops = [source[z : z + cz, y : y + cy, x : x + cx] for z, y, x in _starts(batch)]
                 patches = torch.stack(crops)[:, None].to(self.device)
