@@ -39,6 +39,7 @@ from bench_inference import (  # noqa: E402
     PROMPT,
     SIZES,
     head_case,
+    head_record,
     psnr_against,
 )
 
@@ -97,18 +98,7 @@ def sweep(args) -> dict:
     return {
         "case": "fast-quality",
         "device": "cpu",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-        "model": model_name,
-        "head": {
-            "voxel_size_mm": args.voxel_size,
-            "shape_zyx": list(volume.shape),
-            "brain_fraction": round(float(brain.mean()), 4),
-        },
-        "patch": list(crop),
-        "batch_size": args.batch_size,
+        **head_record(args, model_name, volume, brain, crop, (load_before, load_after)),
         "default": default_row,
         "settings": rows,
     }

@@ -280,6 +280,27 @@ def head_case(args) -> tuple:
     return net, text_encoder, model_name, side, crop, volume, brain
 
 
+def head_record(args, model_name: str, volume, brain, crop, loads) -> dict:
+    """The fields a whole-head result records about its run (shared with
+    bench_fast_quality.py): torch, threads, OMP policy, load averages ``loads`` (before, after),
+    model, head, patch and batch size."""
+    before, after = loads
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_before_after": [round(before[0], 2), round(after[0], 2)],
+        "model": model_name,
+        "head": {
+            "voxel_size_mm": args.voxel_size,
+            "shape_zyx": list(volume.shape),
+            "brain_fraction": round(float(brain.mean()), 4),
+        },
+        "patch": list(crop),
+        "batch_size": args.batch_size,
+    }
+
+
 def whole_head(args, device: torch.device) -> dict:
     net, text_encoder, model_name, side, crop, volume, brain = head_case(args)
     norm = percentile_normalise(volume)
@@ -390,19 +411,8 @@ def whole_head(args, device: torch.device) -> dict:
         "device_name": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-        "model": model_name,
-        "head": {
-            "voxel_size_mm": args.voxel_size,
-            "shape_zyx": list(volume.shape),
-            "brain_fraction": round(float(brain.mean()), 4),
-        },
-        "patch": list(crop),
+        **head_record(args, model_name, volume, brain, crop, (load_before, load_after)),
         "overlap": args.overlap,
-        "batch_size": args.batch_size,
         "gflop_per_patch_features": round(features_flops / 1e9, 3),
         "mflop_per_point_decoder": round(point_flops / 1e6, 4),
         "authors_loop_seconds": t_authors,
