@@ -67,7 +67,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or Path(scratch)
-        tmp.mkdir(parents=True, exist_ok=False)
+        tmp.mkdir(parents=True, exist_ok=args.keep is None)  # a kept folder must be new
         head = write_simulated_dataset(
             tmp / "head", n_subjects=1, modalities=("T1w",), seed=args.seed,
             voxel_size=args.voxel_size, with_head=True,

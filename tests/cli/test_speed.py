@@ -98,7 +98,7 @@ def test_methods_text_names_what_fast_changes():
     masked = PreprocConfig()  # --preproc full: synthesis gets the brain mask, output masked
     config = InferenceConfig("c", "t", speed="fast")
     text = synthesis_desc(config, preproc=masked)
-    assert "fewer than 10% brain-mask voxels" in text and "inference-only copy" in text
+    assert "fewer than 1% brain-mask voxels" in text and "inference-only copy" in text
     assert "were not computed" in synthesis_desc(InferenceConfig("c", "t"), preproc=masked)
     reference = synthesis_desc(InferenceConfig("c", "t", reference=True), preproc=masked)
     assert "inference-only copy" in reference and "brain-mask" not in reference

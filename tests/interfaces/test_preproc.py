@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from nibabel import orientations as nio
+from scipy import ndimage
 
 from tests.colin27 import BRAIN, HEAD, requires_colin27
 from tests.heads import MPRAGE, head_dataset, known_bias, scan, true_mask
@@ -17,6 +18,7 @@ from tumsyn_bids.interfaces.preproc import (
     ApplyMask,
     BrainMask,
     Conform,
+    MaskMargin,
     N4Correct,
     PreprocSummary,
     ToSourceGrid,
@@ -130,6 +132,14 @@ def test_apply_mask_and_summary(tmp_path: Path) -> None:
     mask = _store(img, tmp_path / "m.nii")
     out = _run(ApplyMask(in_file=image, mask_file=mask), tmp_path, "apply")
     np.testing.assert_array_equal(nib.load(out.out_file).get_fdata(), img.get_fdata() > 0)
+    grown = _run(MaskMargin(in_file=mask), tmp_path, "margin")
+    margin_img = nib.load(grown.out_file)
+    assert margin_img.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(margin_img.affine, img.affine)
+    ball = img.get_fdata() > 0
+    margin = np.asarray(margin_img.dataobj) > 0
+    assert margin[ball].all() and (margin & ~ball).any()  # grown ...
+    assert not (margin & ~ndimage.binary_dilation(ball)).any()  # ... by at most one voxel
     other = _store(nib.Nifti1Image(np.ones((3, 3, 3), np.uint8), np.eye(4)), tmp_path / "o.nii")
     with pytest.raises(ValueError, match="not on the grid"):
         _run(ApplyMask(in_file=image, mask_file=other), tmp_path, "mismatch")

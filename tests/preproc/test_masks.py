@@ -9,8 +9,10 @@ import pytest
 from tests.colin27 import BRAIN, HEAD, requires_colin27
 from tumsyn_bids.preproc.masks import (
     MAX_BRAIN_VOLUME_ML,
+    SYNTHESIS_MARGIN_VOXELS,
     check_brain_extracted,
     clean_mask,
+    dilate_mask,
     mask_from_nonzero,
     mask_on_grid,
 )
@@ -80,6 +82,19 @@ def test_mask_from_nonzero_keeps_one_solid_piece():
     np.testing.assert_array_equal(clean_mask(mask), mask)
     with pytest.raises(ValueError, match="every voxel is zero"):
         mask_from_nonzero(np.zeros((4, 4, 4)))
+
+
+def test_the_synthesis_margin_adds_the_face_neighbours():
+    mask = np.zeros((7, 7, 7), dtype=bool)
+    mask[3, 3, 3] = True
+    one = dilate_mask(mask, 1)
+    assert one.sum() == 7  # the voxel and its 6 face neighbours, no edge or corner neighbour
+    assert one[2, 3, 3] and one[3, 3, 4] and not one[2, 2, 3]
+    assert dilate_mask(mask, 2).sum() == 25  # the 3-D "diamond" of radius 2
+    np.testing.assert_array_equal(dilate_mask(mask, 0), mask)
+    assert SYNTHESIS_MARGIN_VOXELS == 1
+    with pytest.raises(ValueError, match=">= 0 voxels"):
+        dilate_mask(mask, -1)
 
 
 def test_a_mask_on_a_finer_grid_takes_the_voxel_each_centre_falls_in():

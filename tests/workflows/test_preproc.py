@@ -14,6 +14,7 @@ from nipype.pipeline import engine as pe
 
 from tests.heads import head_dataset, scan, true_mask
 from tumsyn_bids.evaluation.metrics import dice
+from tumsyn_bids.preproc.masks import dilate_mask
 from tumsyn_bids.preproc.orientation import OrientationRecord
 from tumsyn_bids.workflows.preproc import REFERENCES, init_preproc_wf
 
@@ -21,6 +22,7 @@ FIELDS = [
     "preproc_file",
     "brain_file",
     "mask_file",
+    "synthesis_mask",
     "mask_source",
     "bias_file",
     "orientation",
@@ -125,7 +127,7 @@ def test_flair_takes_the_t1w_mask(tmp_path: Path) -> None:
     back = nib.load(out["mask_source"])
     assert np.array_equal(back.affine, nib.load(flair).affine)
     brain = nib.load(out["brain_file"]).get_fdata()
-    mask = np.asarray(nib.load(out["mask_file"]).dataobj) > 0
+    mask = np.asarray(nib.load(out["synthesis_mask"]).dataobj) > 0  # with its margin
     assert not brain[~mask].any() and brain[mask].any()
 
 
@@ -143,12 +145,18 @@ def test_full_preprocessing_in_any_storage_order(heads: Path, tmp_path: Path) ->
     truth = true_mask(heads)
     for codes, (path, out) in results.items():
         assert "".join(nib.aff2axcodes(nib.load(out["brain_file"]).affine)) == "RAS"
-        for key in ("brain_file", "preproc_file", "mask_file", "bias_file"):
+        for key in ("brain_file", "preproc_file", "mask_file", "synthesis_mask", "bias_file"):
             np.testing.assert_array_equal(
                 np.asarray(nib.load(out[key]).dataobj),
                 np.asarray(nib.load(reference[key]).dataobj),
                 err_msg=f"{codes} {key}",
             )
+        # the network reads the brain with a one-voxel margin around the brain mask
+        mask = np.asarray(nib.load(out["mask_file"]).dataobj) > 0
+        margin = np.asarray(nib.load(out["synthesis_mask"]).dataobj) > 0
+        np.testing.assert_array_equal(margin, dilate_mask(mask, 1))
+        brain = np.asarray(nib.load(out["brain_file"]).dataobj)
+        assert not brain[~margin].any() and np.count_nonzero(brain[margin & ~mask]) > 0
         mask_source = nib.load(out["mask_source"])
         assert np.array_equal(mask_source.affine, nib.load(path).affine)  # source grid, exactly
         assert mask_source.get_data_dtype() == np.uint8

@@ -24,13 +24,20 @@ from nipype.interfaces.base import (
 )
 
 from ..config import SKULL_STRIP_MODES
-from ..preproc.masks import check_brain_extracted, mask_from_nonzero, mask_on_grid
+from ..preproc.masks import (
+    SYNTHESIS_MARGIN_VOXELS,
+    check_brain_extracted,
+    dilate_mask,
+    mask_from_nonzero,
+    mask_on_grid,
+)
 from ..preproc.orientation import OrientationRecord, conform, to_source_axes, to_source_grid
 
 __all__ = [
     "ApplyMask",
     "BrainMask",
     "Conform",
+    "MaskMargin",
     "N4Correct",
     "PreprocSummary",
     "ToSourceGrid",
@@ -288,6 +295,35 @@ class N4Correct(SimpleInterface):
             _like(bias, img, np.float32),
             os.path.join(runtime.cwd, "bias_field.nii.gz"),
             "tumsyn-bids N4 bias field",
+        )
+        return runtime
+
+
+class _MaskMarginInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="brain mask")
+    voxels = traits.Range(
+        low=0, value=SYNTHESIS_MARGIN_VOXELS, usedefault=True, desc="margin, voxels"
+    )
+
+
+class _MaskMarginOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the grown mask (uint8, same grid)")
+
+
+class MaskMargin(SimpleInterface):
+    """The synthesis mask: the brain mask grown by ``voxels`` face-neighbour steps
+    (:func:`~tumsyn_bids.preproc.masks.dilate_mask`), on the same grid and header."""
+
+    input_spec = _MaskMarginInputSpec
+    output_spec = _MaskMarginOutputSpec
+
+    def _run_interface(self, runtime):
+        img = nib.load(self.inputs.in_file)
+        mask = np.asarray(img.dataobj).reshape(img.shape[:3]) > 0
+        self._results["out_file"] = _save(
+            _like(dilate_mask(mask, self.inputs.voxels), img, np.uint8),
+            os.path.join(runtime.cwd, "synthesis_mask.nii.gz"),
+            f"tumsyn-bids brain mask + {self.inputs.voxels} voxel margin",
         )
         return runtime
 

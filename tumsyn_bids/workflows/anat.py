@@ -30,6 +30,7 @@ ANAT_OUTPUTS = [
     "brain_file",
     "preproc_file",
     "mask_file",
+    "synthesis_mask",
     "mask_source",
     "bias_file",
     "orientation",

@@ -295,7 +295,7 @@ def init_tumsyn_wf(
         links = [("outputnode.brain_file", "inputnode.in_file")]
         if full:
             links += [
-                ("outputnode.mask_file", "inputnode.mask_file"),
+                ("outputnode.synthesis_mask", "inputnode.mask_file"),
                 ("outputnode.orientation", "inputnode.orientation"),
                 ("outputnode.summary", "inputnode.summary"),
             ]

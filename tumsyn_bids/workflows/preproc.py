@@ -16,6 +16,7 @@ from ..interfaces.preproc import (
     ApplyMask,
     BrainMask,
     Conform,
+    MaskMargin,
     N4Correct,
     PreprocSummary,
     ToSourceGrid,
@@ -47,6 +48,7 @@ _OUTPUTS = [
     "preproc_file",
     "brain_file",
     "mask_file",
+    "synthesis_mask",
     "mask_source",
     "bias_file",
     "orientation",
@@ -98,7 +100,11 @@ def _describe(source_suffix: str, skull_strip_source: str, inu: bool, preproc: s
             f"ANTsPy {version('antspyx')}, fit within the brain mask on the image shrunk to "
             f"voxels of about {FIT_SPACING_MM:g} mm."
         )
-    text.append("Voxels outside the brain mask were set to zero before synthesis.")
+    text.append(
+        "Voxels outside the brain mask grown by one voxel (its face neighbours, so that the "
+        "partial-volume voxels of the brain's surface are kept) were set to zero before "
+        "synthesis."
+    )
     return " ".join(text)
 
 
@@ -116,15 +122,17 @@ def init_preproc_wf(
     Workflow graph (``preproc="full"``; the ``n4`` node only with ``inu=True``)::
 
         source_file ──► conform ──► brain_mask ──► n4 ──► apply_mask ──► brain_file
-        t1w_file ───────────────────┤  │  │         │
-        t1w_mask ───────────────────┘  │  │         └──► preproc_file, bias_file
+        t1w_file ───────────────────┤  │  │  │      │         ▲
+        t1w_mask ───────────────────┘  │  │  │      └──► preproc_file, bias_file
+                                       │  │  └──► synthesis_mask ──┴──► synthesis_mask
                                        │  └──► mask_file
                         conform ───────┴──► mask_to_source ──► mask_source
         source_file (reference grid) ──────┘
         conform, brain_mask ──► summary ──► summary, warnings, skull_stripped
         conform ──► orientation
 
-    (n4 and apply_mask read conform's image; n4 and apply_mask read brain_mask's mask.)
+    (n4 and apply_mask read conform's image; n4 reads brain_mask's mask, apply_mask the
+    synthesis mask.)
 
     1. **conform** (:class:`~tumsyn_bids.interfaces.preproc.Conform`): float32, RAS+ voxel
        order by permutations and flips only; the orientation record maps back exactly.
@@ -132,7 +140,9 @@ def init_preproc_wf(
        ``skull_strip_source``; deepbet for T1w, the T1w mask carried over for other suffixes
        when ``t1w_file``/``t1w_mask`` are connected, deepbet with a warning otherwise.
     3. **n4** (:class:`~tumsyn_bids.interfaces.preproc.N4Correct`): N4 within the brain mask.
-    4. **apply_mask**: zero outside the brain (the image the network reads).
+    4. **synthesis_mask** (:class:`~tumsyn_bids.interfaces.preproc.MaskMargin`): the brain
+       mask grown by one voxel (:data:`~tumsyn_bids.preproc.masks.SYNTHESIS_MARGIN_VOXELS`);
+       **apply_mask**: zero outside it (the image the network reads).
     5. **mask_to_source**: the mask on the source grid, with the source's header geometry.
 
     With ``preproc="none"`` only a float32 copy of the source in its stored voxel order is made
@@ -173,6 +183,8 @@ def init_preproc_wf(
         ``preproc_file`` with zeros outside the brain mask: the synthesis input.
     mask_file
         Brain mask (uint8) on the conformed grid.
+    synthesis_mask
+        ``mask_file`` grown by one voxel: what the network reads and the output keeps.
     mask_source
         The same mask on the source grid (the source's affine bit for bit): ``desc-brain_mask``.
     bias_file
@@ -228,12 +240,15 @@ def init_preproc_wf(
         n_procs=omp_nthreads,
         mem_gb=1.5,  # deepbet peaked at 1.1 GB on a 1 mm head
     )
+    margin = pe.Node(MaskMargin(), name="synthesis_mask")
     apply_mask = pe.Node(ApplyMask(), name="apply_mask")
     mask_to_source = pe.Node(ToSourceGrid(dtype="uint8"), name="mask_to_source")
     wf.connect([
         (conform, brain_mask, [("out_file", "in_file")]),
         (inputnode, brain_mask, [("t1w_file", "t1w_file"), ("t1w_mask", "t1w_mask")]),
-        (brain_mask, apply_mask, [("mask_file", "mask_file")]),
+        (brain_mask, margin, [("mask_file", "in_file")]),
+        (margin, apply_mask, [("out_file", "mask_file")]),
+        (margin, outputnode, [("out_file", "synthesis_mask")]),
         (brain_mask, mask_to_source, [("mask_file", "in_file")]),
         (conform, mask_to_source, [("orientation", "orientation")]),
         (inputnode, mask_to_source, [("source_file", "reference")]),

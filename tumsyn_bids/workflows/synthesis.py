@@ -129,9 +129,9 @@ def _masking_desc(inference: InferenceConfig, preproc: PreprocConfig, resampled:
     parts = []
     if preproc.mask_output:
         where = (
-            "the brain mask, sampled onto the output grid by nearest neighbour"
+            "the grown brain mask, sampled onto the output grid by nearest neighbour"
             if resampled
-            else "the brain mask"
+            else "the grown brain mask"
         )
         parts.append(f"Voxels outside {where} were set to zero.")
     parts.append(
