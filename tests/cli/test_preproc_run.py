@@ -21,6 +21,7 @@ from nibabel import orientations as nio
 from tests.datasets import tree_digest
 from tumsyn_bids.evaluation.metrics import dice
 from tumsyn_bids.model.grid import output_grid, same_grid
+from tumsyn_bids.preproc.masks import dilate_mask
 from tumsyn_bids.runlog import read_run_plans
 from tumsyn_bids.simulate import brain_mask, write_simulated_dataset
 
@@ -95,11 +96,14 @@ def test_heads_through_the_app(heads_run):
         flair_uri = f"bids:raw:sub-{s}/anat/sub-{s}_FLAIR.nii.gz"
         t1w_uri = "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
         assert mask_side["Sources"] == ([flair_uri, t1w_uri] if s == "01" else [flair_uri])
-        # the synthesized image: on the source grid, 0 outside the mask, provenance complete
+        # the synthesized image: on the source grid, 0 outside the mask grown by one voxel
+        # (the synthesis mask), provenance complete
         synth = nib.load(out / SYNTH.format(s=s))
         assert synth.shape == source.shape and np.array_equal(synth.affine, source.affine)
         data = np.asarray(synth.dataobj)
-        assert not data[mask == 0].any() and np.count_nonzero(data[mask > 0]) > 0.9 * mask.sum()
+        grown = dilate_mask(mask > 0, 1)
+        assert not data[~grown].any() and np.count_nonzero(data[mask > 0]) > 0.9 * mask.sum()
+        assert np.count_nonzero(data[grown & (mask == 0)]) > 0  # the rim is kept
         side = _sidecar(out / SYNTH.format(s=s))
         assert side["SkullStripped"] is True
         assert side["Sources"] == [flair_uri, f"bids::{MASK.format(s=s)}"]
@@ -283,7 +287,7 @@ def test_requested_grid_with_preprocessing(permuted_head, mode):
     anat = base / f"work-{mode}" / "tumsyn_wf" / "sub_01_wf" / "anat_sub_01_T1w_wf" / "preproc_wf"
     brain = anat / "apply_mask" / "brain.nii.gz"
     record = OrientationRecord.load(anat / "conform" / "orientation.json")
-    mask_img = nib.load(anat / "brain_mask" / "brain_mask.nii.gz")
+    mask_img = nib.load(anat / "synthesis_mask" / "synthesis_mask.nii.gz")  # with its margin
     checkpoint, text_encoder = demo_weights()
     synth = Synthesizer(
         load_synthesis(checkpoint).model, load_text_encoder(text_encoder).model, device="cpu"
