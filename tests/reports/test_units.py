@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tumsyn_bids.imagestats import otsu_threshold
 from tumsyn_bids.reports.figures import compare_figure
 from tumsyn_bids.reports.group import flag_outliers, intensity_stats, robust_z
-from tumsyn_bids.reports.masks import brain_mask, otsu_threshold, robust_window
+from tumsyn_bids.reports.masks import brain_mask, robust_window
 
 
 def _ball(shape=(24, 28, 20), value=100.0, zoom=1.0, seed=0):

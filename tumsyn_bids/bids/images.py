@@ -314,7 +314,7 @@ def check_voxels(data: np.ndarray, name: str) -> tuple[np.ndarray, str | None]:
     * more than :data:`MAX_NONFINITE_FRACTION` of the voxels NaN or infinite (mostly undefined);
     * every finite voxel zero (an empty image) or equal to one value (a constant image);
     * NaN or infinite voxels inside the head. The head is the region above Otsu's threshold of
-      the finite voxels (:func:`tumsyn_bids.reports.masks.otsu_threshold`, the one the reports
+      the finite voxels (:func:`tumsyn_bids.imagestats.otsu_threshold`, the one the reports
       use), with its enclosed holes filled (``scipy.ndimage.binary_fill_holes``): a non-finite
       voxel there is missing anatomy, which synthesis would invent.
 
@@ -323,7 +323,7 @@ def check_voxels(data: np.ndarray, name: str) -> tuple[np.ndarray, str | None]:
     """
     from scipy import ndimage
 
-    from ..reports.masks import otsu_threshold
+    from ..imagestats import otsu_threshold
 
     data = np.asarray(data, dtype=np.float32)
     finite = np.isfinite(data)
