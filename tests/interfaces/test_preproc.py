@@ -157,7 +157,11 @@ def test_apply_mask_and_summary(tmp_path: Path) -> None:
     record = json.loads(Path(summary.out_file).read_text())
     assert record["SkullStripped"] is True and summary.skull_stripped
     assert set(record["Software"]) == {"antspyx", "deepbet", "nibabel", "torch"}
-    assert record["BrainMask"]["Method"] == "deepbet"
+    assert record["BrainMask"] == {
+        "Method": "deepbet",
+        "AlreadyExtractedCheck": "not brain-extracted: ...",
+        "SynthesisMarginVoxels": 1,
+    }
     assert summary.warnings == ["FLAIR source brain-extracted with deepbet ..."]
     nothing = _run(PreprocSummary(steps=[]), tmp_path, "none")
     assert json.loads(Path(nothing.out_file).read_text())["SkullStripped"] is False

@@ -433,6 +433,8 @@ class PreprocSummary(SimpleInterface):
             }
         if isdefined(inputs.mask_method) and inputs.mask_method:
             summary["BrainMask"] = {"Method": inputs.mask_method}
+            if "apply_mask" in steps:  # what the network read and the output keeps
+                summary["BrainMask"]["SynthesisMarginVoxels"] = SYNTHESIS_MARGIN_VOXELS
             if isdefined(inputs.check) and inputs.check:
                 summary["BrainMask"]["AlreadyExtractedCheck"] = inputs.check
         warnings = [inputs.warning] if inputs.warning else []
