@@ -13,10 +13,10 @@ run, patches computed, points decoded, PSNR against ``default`` inside the brain
 ``default``'s range there) and max |Δ| there. All in one process on the CPU in float32 (bf16 is
 CUDA only; its cost is measured by ``bench_inference.py --whole-head --device cuda``).
 
-    python benchmarks/bench_fast_quality.py --size demo --voxel-size 1 \
-        --settings 0.05:0.5 0.1:0.5 0.2:0.5 0.3:0.5 0:0.25 0.1:0.25
-    python benchmarks/bench_fast_quality.py --size published --patch 12 --voxel-size 4 \
-        --settings 0.1:0.5 0.2:0.5 0:0.25
+    python benchmarks/bench_fast_quality.py --size demo --voxel-size 2 \
+        --settings 0.01:0.5 0.02:0.5 0.05:0.5 0.1:0.5 0:0.25
+    python benchmarks/bench_fast_quality.py --size published --patch 12 --voxel-size 5 \
+        --settings 0.01:0.5 0.02:0.5 0.1:0.5
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from bench_inference import (  # noqa: E402
 )
 
 from tumsyn_bids.model import PatchSettings, Synthesizer  # noqa: E402
-from tumsyn_bids.model.speed import preset  # noqa: E402
+from tumsyn_bids.model.speed import FAST_MIN_FOREGROUND, preset  # noqa: E402
 
 
 def parse_setting(text: str) -> tuple[float, float]:
@@ -118,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         "--settings",
         type=parse_setting,
         nargs="+",
-        default=[(0.1, 0.5)],
+        default=[(FAST_MIN_FOREGROUND, 0.5)],
         metavar="MIN_FOREGROUND:OVERLAP",
-        help="the settings to measure against default (default: 0.1:0.5, the fast preset)",
+        help=f"the settings to measure against default (default: {FAST_MIN_FOREGROUND:g}:0.5, "
+        "the fast preset)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--json", type=Path, help="also write the report to this file")
