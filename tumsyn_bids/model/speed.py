@@ -12,7 +12,7 @@ to each call (:meth:`SpeedPreset.engine_options`).
     computes the same function and differs from the network as loaded only by float32 rounding
     (max |Δ| 3e-6 against the authors' outputs on the fixtures; the issue-21 bar is 1e-4): with
     the network as loaded this preset was no faster than the authors' loop (0.97-1.02x, mid-size
-    model on the CPU, docs/speed.md), with the fused copy it is about 1.7x.
+    model on the CPU, docs/speed.md), with the fused copy it is 2.0x (whole 1 mm head, 2 threads).
 ``default``
     Every speed-up that does not change the result beyond float32 rounding (max |Δ| <= 1e-4
     against the plain path inside the brain): the fused inference network
