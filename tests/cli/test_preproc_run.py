@@ -127,6 +127,7 @@ def test_heads_through_the_app(heads_run):
             assert f"sub-{s}/figures/sub-{s}_FLAIR_{kind}.png" in page
             assert (out / f"sub-{s}/figures/sub-{s}_FLAIR_{kind}.png").is_file()
         assert f"sub-{s}_desc-tumsynFromFLAIR_T2w_compare.png" in page
+        assert "(output kept 1 voxel beyond it)" in page  # the synthesis mask's margin
         warned = "trained on T1-weighted images" in page
         assert warned == (s == "02")
     # the T1w lent its mask and got no derivative of its own

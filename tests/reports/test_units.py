@@ -94,7 +94,8 @@ def test_preprocessing_figures_and_section(tmp_path):
         nib.save(img, files[name])
     warning = "FLAIR source brain-extracted with deepbet, which was trained on T1-weighted images"
     summary = {"Steps": ["conform", "brain_mask", "inu", "apply_mask"], "Warnings": [warning],
-               "BrainMask": {"Method": "deepbet"}, "Software": {"deepbet": "1.0.2"},
+               "BrainMask": {"Method": "deepbet", "SynthesisMarginVoxels": 1},
+               "Software": {"deepbet": "1.0.2"},
                "Conform": {"SourceAxisCodes": "LPS"}, "SkullStripped": True}  # fmt: skip
     (tmp_path / "preproc.json").write_text(json.dumps(summary))
     out = tmp_path / "out"
@@ -114,6 +115,7 @@ def test_preprocessing_figures_and_section(tmp_path):
     assert f"figures/{stem}_brainmask.png" in page and f"figures/{stem}_inu.png" in page
     assert "Preprocessing of sub-02_ses-1_FLAIR" in page and "Session 1" in page
     assert page.count("trained on T1-weighted images") == 2  # under warnings and in its section
+    assert "1 voxel around the brain mask (network input and output)" in page
     (tmp_path / "n2").mkdir()
     PreprocReport(**common).run(cwd=str(tmp_path / "n2"))  # --no-inu
     assert not (figures / f"{stem}_inu.png").exists()

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--no-mask-output",
         action="store_true",
-        help="keep the network's output outside the brain mask (default: set to 0 there)",
+        help="keep the network's output everywhere (default: 0 outside the brain mask grown by one "
+        "voxel)",
     )
     q.add_argument(
         "--save-preproc",

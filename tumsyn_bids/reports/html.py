@@ -170,6 +170,14 @@ def _seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} s"
 
 
+def _margin(voxels: int | None) -> str:
+    """The synthesis mask's margin in words (the network's input and output keep it)."""
+    if voxels is None:
+        return "n/a"
+    unit = "voxel" if voxels == 1 else "voxels"
+    return f"{voxels} {unit} around the brain mask (network input and output)"
+
+
 def _preproc_rows(sidecar: dict[str, Any]) -> list[tuple[str, Any]]:
     """Rows of a synthesized image's preprocessing: steps and the brain mask it was masked by."""
     prep = sidecar.get("Preprocessing")
@@ -181,7 +189,12 @@ def _preproc_rows(sidecar: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
     masks = [u[len("bids::") :] for u in sidecar.get("Sources") or [] if u.startswith("bids::")]
     if masks:
-        rows.append(("Brain mask", " ".join(f'<a href="{href(m)}">{e(m)}</a>' for m in masks)))
+        links = " ".join(f'<a href="{href(m)}">{e(m)}</a>' for m in masks)
+        margin = (prep.get("BrainMask") or {}).get("SynthesisMarginVoxels")
+        if margin:  # the output is 0 outside the mask grown by this many voxels
+            unit = "voxel" if margin == 1 else "voxels"
+            links += e(f" (output kept {margin} {unit} beyond it)")
+        rows.append(("Brain mask", links))
     return rows
 
 
@@ -253,6 +266,7 @@ def preproc_section(record: PreprocRecord) -> str:
     rows: list[tuple[str, Any]] = [
         ("Steps", e(", ".join(summary.get("Steps") or []) or "none")),
         ("Brain mask", e(mask.get("Method", "n/a"))),
+        ("Synthesis margin", e(_margin(mask.get("SynthesisMarginVoxels")))),
         ("Already brain-extracted?", e(mask.get("AlreadyExtractedCheck", "n/a"))),
         ("Stored axis order", e(conform.get("SourceAxisCodes", "n/a"))),
         ("Software", software or "n/a"),
