@@ -381,3 +381,15 @@ def test_a_flair_source_takes_the_sessions_t1w_as_reference(tmp_path):
     assert main([*argv, "--preproc", "none"]) == 0
     plans = read_run_plans(tmp_path / "out")
     assert sorted(plans["anat_reference"]) == ["n/a", "sub-01/anat/sub-01_T1w.nii.gz"]
+
+
+def test_an_unknown_target_is_refused_before_any_folder_is_made(tmp_path, capsys):
+    """A target name the model has no protocol for is a usage error (64) found with the other
+    option values: before validation, and before the output and work folders are created."""
+    bids = make_dataset(tmp_path / "bids")
+    out, work = tmp_path / "out", tmp_path / "w"
+    argv = [str(bids), str(out), "participant", "--target", "T3w", "-w", str(work)]
+    assert _exit_code(argv) == 64
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("tumsyn: error: unknown target 'T3w'; choose from ")
+    assert not out.exists() and not work.exists()

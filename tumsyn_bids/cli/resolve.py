@@ -342,6 +342,13 @@ def check_values(args: argparse.Namespace) -> None:
                 errors.EX_USAGE,
                 f"{flag} works at the participant level, without --dry-run and --reports-only",
             )
+    if not (args.target_spec or args.target_like):  # those name more targets: checked later
+        from ..plan import PlanError, check_request
+
+        try:
+            check_request(SynthesisRequest(targets=tuple(args.target)))
+        except PlanError as exc:
+            raise CLIError(errors.EX_USAGE, str(exc)) from None
     _preproc(args)
     _output_spaces(args)
 
