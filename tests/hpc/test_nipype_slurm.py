@@ -21,8 +21,9 @@ TUMSYN = Path(sys.prefix) / "bin" / "tumsyn"
 #: Nodes that run as sbatch jobs, once per subject, with preprocessing (--preproc full). The
 #: SLURM plugin runs nodes marked run_without_submitting (sinks, sidecars) in the controller;
 #: SLURMGraph submits every node, so its list holds these and more.
-SUBMITTED = ["check_image", "conform", "brain_mask", "n4", "apply_mask", "mask_to_source",
-             "preproc_report", "synthesize", "mask_output", "to_source", "postprocess"]  # fmt: skip
+SUBMITTED = ["check_image", "conform", "brain_mask", "synthesis_mask", "n4", "apply_mask",
+             "mask_to_source", "preproc_report", "synthesize", "mask_output", "to_source",
+             "postprocess"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
